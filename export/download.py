@@ -1,0 +1,189 @@
+"""Where the export's weights come from: nothing (seeded random init), a local file, a URL, or the
+official release.
+
+Downloads go through the stdlib (`urllib`) so the export needs no extra dependency, land in a cache
+directory (`$TRANSXNET_CACHE_DIR`, else `~/.cache/transxnet`) and are reused without a network call.
+A download is written to a temporary file in the cache directory, its byte count is checked against
+Content-Length, it is fsynced and only then renamed into place (`os.replace`, atomic on one file
+system): an interrupted or truncated transfer never poses as a checkpoint. No torch here.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import http.client
+import logging
+import os
+import sys
+import tempfile
+import urllib.error
+import urllib.parse
+import urllib.request
+from pathlib import Path
+from typing import BinaryIO
+
+from tqdm import tqdm
+
+logger = logging.getLogger(__name__)
+
+#: The official ImageNet-1k checkpoints (https://github.com/LMMMEng/TransXNet, release v1.0),
+#: keyed by canonical variant and input size. Plain data, so the README and Docker can point at it.
+PRETRAINED_URLS: dict[str, dict[int, str]] = {
+    "transxnet_t": {224: "https://github.com/LMMMEng/TransXNet/releases/download/v1.0/transx-t.pth.tar"},
+    "transxnet_s": {224: "https://github.com/LMMMEng/TransXNet/releases/download/v1.0/transx-s.pth.tar"},
+    "transxnet_b": {
+        224: "https://github.com/LMMMEng/TransXNet/releases/download/v1.0/transx-b.pth.tar",
+        384: "https://github.com/LMMMEng/TransXNet/releases/download/v1.0/transx-b-384.pth.tar",
+    },
+}
+
+#: The `spec` that selects the official release for (variant, image_size).
+PRETRAINED = "pretrained"
+CACHE_ENV = "TRANSXNET_CACHE_DIR"
+
+_CHUNK = 1 << 20
+_TIMEOUT_S = 60.0
+
+
+class CheckpointDownloadError(RuntimeError):
+    """A checkpoint could not be fetched; the message names the URL and the reason."""
+
+    def __init__(self, url: str, reason: str) -> None:
+        super().__init__(f"could not download checkpoint {url}: {reason}")
+        self.url = url
+        self.reason = reason
+
+
+def canonical_variant(name: str) -> str:
+    """'t', 'T', 'transxnet_t', 'transxnet-t' -> 'transxnet_t'; unknown names raise `ValueError`."""
+    key = name.strip().lower().replace("-", "_")
+    if not key.startswith("transxnet_"):
+        key = f"transxnet_{key}"
+    if key not in PRETRAINED_URLS:
+        raise ValueError(
+            f"unknown TransXNet variant {name!r}; choose one of t, s, b ({', '.join(PRETRAINED_URLS)})"
+        )
+    return key
+
+
+def pretrained_url(variant: str, image_size: int) -> str:
+    """The official release URL for (variant, image_size), or `ValueError` listing what exists."""
+    canonical = canonical_variant(variant)
+    sizes = PRETRAINED_URLS[canonical]
+    if image_size not in sizes:
+        available = ", ".join(f"{v} at {s}" for v, by_size in PRETRAINED_URLS.items() for s in by_size)
+        raise ValueError(
+            f"no official checkpoint for {canonical} at image size {image_size}; releases exist for: "
+            f"{available}. Pass a local checkpoint or URL instead, or omit it for a random init."
+        )
+    return sizes[image_size]
+
+
+def default_cache_dir() -> Path:
+    """`$TRANSXNET_CACHE_DIR` if set, else `~/.cache/transxnet`."""
+    env = os.environ.get(CACHE_ENV)
+    return Path(env).expanduser() if env else Path.home() / ".cache" / "transxnet"
+
+
+def cached_path(url: str, cache_dir: Path) -> Path:
+    """Cache location of `url`: the URL's file name behind a short hash of the whole URL, so two
+    sources that happen to share a file name never answer for each other."""
+    name = Path(urllib.parse.urlparse(url).path).name or "checkpoint"
+    digest = hashlib.sha256(url.encode()).hexdigest()[:10]
+    return cache_dir / "checkpoints" / f"{digest}-{name}"
+
+
+def resolve_checkpoint(
+    spec: str | None, *, variant: str, image_size: int, cache_dir: Path | None = None
+) -> Path | None:
+    """Turn the export's `--checkpoint` into a local file.
+
+    None -> None (the caller does a seeded random init); "pretrained" -> the official release for
+    (variant, image_size), downloaded; "http(s)://..." -> downloaded (or reused from the cache);
+    anything else is a local path that must exist.
+    """
+    if spec is None:
+        return None
+    if spec == PRETRAINED:
+        return download_checkpoint(pretrained_url(variant, image_size), cache_dir=cache_dir)
+    if urllib.parse.urlparse(spec).scheme in ("http", "https"):
+        return download_checkpoint(spec, cache_dir=cache_dir)
+    path = Path(spec).expanduser()
+    if not path.is_file():
+        raise FileNotFoundError(
+            f"checkpoint not found: {path} (give an existing file, an http(s) URL, or '{PRETRAINED}')"
+        )
+    return path
+
+
+def download_checkpoint(url: str, *, cache_dir: Path | None = None) -> Path:
+    """Download `url` into the cache once; later calls return the cached file without a request."""
+    target = cached_path(url, cache_dir or default_cache_dir())
+    if target.is_file():
+        logger.info("using cached checkpoint %s for %s", target, url)
+        return target
+    target.parent.mkdir(parents=True, exist_ok=True)
+    logger.info("downloading %s to %s", url, target)
+    _download_atomically(url, target)
+    logger.info("downloaded %s (%d bytes)", target, target.stat().st_size)
+    return target
+
+
+def _download_atomically(url: str, target: Path) -> None:
+    handle, temp_name = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".partial")
+    temp = Path(temp_name)
+    try:
+        with os.fdopen(handle, "wb") as out:
+            expected, received = _stream(url, out, label=target.name)
+            if expected is not None and received != expected:
+                raise CheckpointDownloadError(
+                    url,
+                    f"transfer ended after {received} of {expected} bytes (connection closed early); retry",
+                )
+            out.flush()
+            os.fsync(out.fileno())
+        os.replace(temp, target)
+    except BaseException:
+        temp.unlink(missing_ok=True)
+        raise
+    _fsync_dir(target.parent)
+
+
+def _stream(url: str, out: BinaryIO, *, label: str) -> tuple[int | None, int]:
+    """Copy the response body into `out`; returns (Content-Length or None, bytes received)."""
+    request = urllib.request.Request(url, headers={"User-Agent": "transxnet-serve"})
+    try:
+        with urllib.request.urlopen(request, timeout=_TIMEOUT_S) as response:
+            header = response.headers.get("Content-Length")
+            expected = int(header) if header and header.isdigit() else None
+            if expected is None:
+                logger.warning(
+                    "%s sent no Content-Length: the download's completeness cannot be checked", url
+                )
+            received = 0
+            with tqdm(
+                total=expected, unit="B", unit_scale=True, unit_divisor=1024, desc=label, file=sys.stderr
+            ) as bar:
+                while chunk := response.read(_CHUNK):
+                    out.write(chunk)
+                    received += len(chunk)
+                    bar.update(len(chunk))
+    except urllib.error.HTTPError as exc:
+        raise CheckpointDownloadError(url, f"HTTP {exc.code} {exc.reason}") from exc
+    except urllib.error.URLError as exc:
+        raise CheckpointDownloadError(url, f"{exc.reason} (check the URL and the network)") from exc
+    except (http.client.HTTPException, OSError) as exc:
+        raise CheckpointDownloadError(url, f"{type(exc).__name__}: {exc}") from exc
+    return expected, received
+
+
+def _fsync_dir(directory: Path) -> None:
+    """Persist the rename itself; not every platform lets a directory be opened, which is harmless."""
+    try:
+        fd = os.open(directory, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
