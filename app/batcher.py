@@ -1,0 +1,323 @@
+"""Dynamic batching: many concurrent requests, one model, one inference at a time.
+
+Requests arrive already preprocessed and are queued as per-image items. A collector task takes the
+oldest item, waits until the batch is full (`max_batch_size` images) or `max_batch_delay_ms` have
+passed since that item arrived, and runs the batch in ONE worker thread, so the event loop keeps
+answering (health checks, uploads, preprocessing hand-offs) while ONNX Runtime computes. Results go
+back to each request's future and a request split over several batches is reassembled in order.
+The loop follows LitServe's (monotonic deadline, collect until full or late, run, hand back).
+
+Failure stays local: a full queue refuses a request at once (503), a request that waited past
+`request_timeout_s` gets 504 and its queued images are never computed, a cancelled request (client
+gone) leaves nothing queued, and an inference error fails only the requests in that batch.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import math
+import time
+from collections import deque
+from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from typing import Protocol, runtime_checkable
+
+import numpy as np
+
+from app.errors import InferenceError, NotReadyError, QueueFullError, RequestTimeoutError
+
+logger = logging.getLogger(__name__)
+
+#: One image's outputs: output name -> array without the batch axis.
+ImageResult = dict[str, np.ndarray]
+
+
+@runtime_checkable
+class ModelRunner(Protocol):
+    """Runs one batch `[N, 3, S, S]` and returns the requested outputs, each with batch axis N."""
+
+    def run(self, batch: np.ndarray, outputs: Sequence[str]) -> dict[str, np.ndarray]: ...
+
+
+class BatchObserver(Protocol):
+    """Where the batcher reports what it did (the Prometheus metrics implement this)."""
+
+    def batch_done(self, size: int, inference_s: float) -> None: ...
+
+    def queue_wait(self, seconds: float) -> None: ...
+
+    def request_timed_out(self) -> None: ...
+
+
+@dataclass(eq=False)
+class _Request:
+    future: asyncio.Future[list[ImageResult]]
+    outputs: frozenset[str]
+    deadline: float
+    results: list[ImageResult | None]
+    remaining: int
+
+    @property
+    def live(self) -> bool:
+        return not self.future.done()
+
+
+@dataclass(eq=False)
+class _Item:
+    request: _Request
+    index: int
+    image: np.ndarray
+    enqueued: float = field(default_factory=time.monotonic)
+
+
+class Batcher:
+    """Queue + collector + single inference thread. Create, `start()` inside the event loop, then
+    `submit()` from request handlers; `stop()` drains what is queued and releases the thread."""
+
+    def __init__(
+        self,
+        runner: ModelRunner,
+        *,
+        max_batch_size: int,
+        max_batch_delay_ms: float,
+        max_queue_size: int,
+        request_timeout_s: float,
+        observer: BatchObserver | None = None,
+    ) -> None:
+        if not isinstance(runner, ModelRunner):
+            raise ValueError(f"runner must have a run(batch, outputs) method, got {type(runner).__name__}")
+        if max_batch_size < 1:
+            raise ValueError(f"max_batch_size must be >= 1, got {max_batch_size}")
+        if not 0 <= max_batch_delay_ms < math.inf:
+            raise ValueError(f"max_batch_delay_ms must be a finite number >= 0, got {max_batch_delay_ms}")
+        if max_queue_size < 1:
+            raise ValueError(f"max_queue_size must be >= 1 image, got {max_queue_size}")
+        if not 0 < request_timeout_s < math.inf:
+            raise ValueError(f"request_timeout_s must be a finite number > 0, got {request_timeout_s}")
+        self.runner = runner
+        self.max_batch_size = max_batch_size
+        self.max_batch_delay_s = max_batch_delay_ms / 1000.0
+        self.max_queue_size = max_queue_size
+        self.request_timeout_s = request_timeout_s
+        self._observer = observer
+        self._queue: deque[_Item] = deque()
+        self._requests: set[_Request] = set()
+        self._arrived = asyncio.Event()
+        self._collector: asyncio.Task[None] | None = None
+        self._executor: ThreadPoolExecutor | None = None
+        self._accepting = False
+        # Counters for metrics and tests.
+        self.batches_run = 0
+        self.images_run = 0
+        self.batch_failures = 0
+
+    @property
+    def queue_depth(self) -> int:
+        """Images waiting for a batch (not counting the batch being computed)."""
+        return len(self._queue)
+
+    @property
+    def pending(self) -> int:
+        """Requests submitted and not yet answered (queued or in a running batch)."""
+        return len(self._requests)
+
+    @property
+    def running(self) -> bool:
+        return self._collector is not None and not self._collector.done()
+
+    def start(self) -> None:
+        """Start the collector; must be called from the event loop that will call `submit`."""
+        if self.running:
+            raise RuntimeError("the batcher is already running")
+        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="inference")
+        self._collector = asyncio.get_running_loop().create_task(self._collect(), name="batch-collector")
+        self._accepting = True
+
+    def run_direct(self, batch: np.ndarray, outputs: Sequence[str]) -> dict[str, np.ndarray]:
+        """Run the model synchronously, bypassing the queue (warm-up before the service is ready)."""
+        return self.runner.run(batch, outputs)
+
+    async def submit(self, images: Sequence[np.ndarray], outputs: Sequence[str]) -> list[ImageResult]:
+        """Queue a request's images and wait for their outputs, in the order given.
+
+        Raises `QueueFullError` (no room for all of them: nothing is queued), `RequestTimeoutError`
+        (waited past `request_timeout_s`), `InferenceError` (the batch failed) or `NotReadyError`
+        (stopping). Cancelling the caller removes its queued images.
+        """
+        if not self._accepting or not self.running:
+            raise NotReadyError("the service is not accepting work (starting up or shutting down)")
+        if not images:
+            return []
+        count = len(images)
+        if len(self._queue) + count > self.max_queue_size:
+            raise QueueFullError(
+                f"the queue is full ({len(self._queue)} of {self.max_queue_size} images waiting); "
+                "retry after a short pause",
+                headers={"Retry-After": "1"},
+            )
+        loop = asyncio.get_running_loop()
+        now = time.monotonic()
+        request = _Request(
+            future=loop.create_future(),
+            outputs=frozenset(outputs),
+            deadline=now + self.request_timeout_s,
+            results=[None] * count,
+            remaining=count,
+        )
+        self._requests.add(request)
+        self._queue.extend(_Item(request, i, image, now) for i, image in enumerate(images))
+        self._arrived.set()
+        try:
+            # shield: a timeout must not cancel the future under the collector's feet; we settle it.
+            return await asyncio.wait_for(asyncio.shield(request.future), self.request_timeout_s)
+        except asyncio.TimeoutError:
+            self._fail(request, self._timeout_error())
+            raise self._timeout_error() from None
+        finally:
+            if not request.future.done():
+                request.future.cancel()  # the caller went away (cancelled): abandon the work
+            self._forget(request)
+
+    def _timeout_error(self) -> RequestTimeoutError:
+        return RequestTimeoutError(
+            f"the request waited more than {self.request_timeout_s:g} s for the model; the service "
+            "is overloaded, retry later"
+        )
+
+    def _fail(self, request: _Request, error: Exception) -> None:
+        if request.live:
+            request.future.set_exception(error)
+            # Mark it retrieved: the submitter may already be gone, and asyncio would warn.
+            request.future.exception()
+            if isinstance(error, RequestTimeoutError) and self._observer is not None:
+                self._observer.request_timed_out()
+
+    def _forget(self, request: _Request) -> None:
+        """Drop a settled request and its queued images so nothing outlives the caller."""
+        self._requests.discard(request)
+        if any(item.request is request for item in self._queue):
+            self._queue = deque(item for item in self._queue if item.request is not request)
+
+    def _take_batch(self) -> list[_Item]:
+        """Pop up to `max_batch_size` live items, dropping those of settled or expired requests."""
+        batch: list[_Item] = []
+        now = time.monotonic()
+        while self._queue and len(batch) < self.max_batch_size:
+            item = self._queue.popleft()
+            if not item.request.live:
+                continue
+            if now > item.request.deadline:
+                self._fail(item.request, self._timeout_error())
+                continue
+            batch.append(item)
+        return batch
+
+    async def _wait_for_batch(self) -> None:
+        """Block until there is work, then until the batch is full or the oldest item is late."""
+        while not self._queue:
+            self._arrived.clear()
+            await self._arrived.wait()
+        deadline = self._queue[0].enqueued + self.max_batch_delay_s
+        while len(self._queue) < self.max_batch_size:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                break
+            self._arrived.clear()
+            with contextlib.suppress(asyncio.TimeoutError):
+                await asyncio.wait_for(self._arrived.wait(), remaining)
+
+    async def _collect(self) -> None:
+        loop = asyncio.get_running_loop()
+        while True:
+            await self._wait_for_batch()
+            items = self._take_batch()
+            if not items:
+                continue
+            outputs = sorted(set().union(*(item.request.outputs for item in items)))
+            started = time.monotonic()
+            if self._observer is not None:
+                for item in items:
+                    self._observer.queue_wait(started - item.enqueued)
+            try:
+                assert self._executor is not None
+                values = await loop.run_in_executor(
+                    self._executor, self._run_batch, [item.image for item in items], outputs
+                )
+            except asyncio.CancelledError:
+                for item in items:
+                    self._fail(item.request, NotReadyError("the service stopped before this request ran"))
+                raise
+            except Exception as exc:
+                self.batch_failures += 1
+                logger.exception("inference failed on a batch of %d images", len(items))
+                error = InferenceError(
+                    f"inference failed on this request's batch ({type(exc).__name__}); the request can "
+                    "be retried"
+                )
+                for item in items:
+                    self._fail(item.request, error)
+                continue
+            elapsed = time.monotonic() - started
+            self.batches_run += 1
+            self.images_run += len(items)
+            if self._observer is not None:
+                self._observer.batch_done(len(items), elapsed)
+            self._hand_back(items, values)
+
+    def _run_batch(self, images: list[np.ndarray], outputs: list[str]) -> dict[str, np.ndarray]:
+        # Runs in the inference thread: stacking ~10 MB here keeps the event loop free.
+        batch = np.stack(images)
+        values = self.runner.run(batch, outputs)
+        missing = [name for name in outputs if name not in values]
+        if missing:
+            raise RuntimeError(f"the runner did not return {missing}")
+        for name in outputs:
+            if values[name].shape[0] != len(images):
+                raise RuntimeError(
+                    f"output {name!r} has batch size {values[name].shape[0]} for {len(images)} images"
+                )
+        return values
+
+    def _hand_back(self, items: list[_Item], values: dict[str, np.ndarray]) -> None:
+        for row, item in enumerate(items):
+            request = item.request
+            if not request.live:
+                continue  # timed out or cancelled while its batch ran: discard
+            request.results[item.index] = {name: values[name][row] for name in request.outputs}
+            request.remaining -= 1
+            if request.remaining == 0:
+                request.future.set_result(request.results)  # type: ignore[arg-type]
+
+    def stop_accepting(self) -> None:
+        """Refuse new submissions (NotReadyError); queued and running work still completes."""
+        self._accepting = False
+
+    async def drain(self, timeout_s: float) -> bool:
+        """Wait until every submitted request is answered; False if `timeout_s` ran out first."""
+        deadline = time.monotonic() + timeout_s
+        while self._requests:
+            if time.monotonic() >= deadline:
+                return False
+            await asyncio.sleep(0.01)
+        return True
+
+    async def stop(self, timeout_s: float = 30.0) -> None:
+        """Stop accepting, let queued work finish (up to `timeout_s`), then end the collector."""
+        self.stop_accepting()
+        if not await self.drain(timeout_s):
+            logger.warning(
+                "stopping with %d requests unanswered after %.1f s; they get 503", self.pending, timeout_s
+            )
+        if self._collector is not None:
+            self._collector.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._collector
+        for request in list(self._requests):
+            self._fail(request, NotReadyError("the service stopped before this request ran"))
+        self._queue.clear()
+        if self._executor is not None:
+            self._executor.shutdown(wait=False, cancel_futures=True)
+            self._executor = None

@@ -1,0 +1,71 @@
+"""Prometheus metrics, one `CollectorRegistry` per app so several apps (tests) never collide."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+
+LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
+
+
+def batch_size_buckets(max_batch_size: int) -> tuple[float, ...]:
+    """Powers of two up to (and including) the first one >= max_batch_size."""
+    buckets = [1]
+    while buckets[-1] < max_batch_size:
+        buckets.append(buckets[-1] * 2)
+    return tuple(float(b) for b in buckets)
+
+
+class ServiceMetrics:
+    """The service's metrics; also the batcher's `BatchObserver`."""
+
+    def __init__(self, *, max_batch_size: int, registry: CollectorRegistry | None = None) -> None:
+        self.registry = registry or CollectorRegistry()
+        r = self.registry
+        self.requests = Counter(
+            "transxnet_requests", "HTTP requests by route and status.", ["route", "status"], registry=r
+        )
+        self.request_latency = Histogram(
+            "transxnet_request_duration_seconds",
+            "HTTP request latency by route.",
+            ["route"],
+            buckets=LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.queue_wait_seconds = Histogram(
+            "transxnet_queue_wait_seconds",
+            "Time an image waited for its batch.",
+            buckets=LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.inference_seconds = Histogram(
+            "transxnet_inference_seconds", "Time to run one batch.", buckets=LATENCY_BUCKETS, registry=r
+        )
+        self.batch_size = Histogram(
+            "transxnet_batch_size",
+            "Images per inference batch.",
+            buckets=batch_size_buckets(max_batch_size),
+            registry=r,
+        )
+        self.queue_depth = Gauge("transxnet_queue_depth", "Images waiting for a batch.", registry=r)
+        self.images = Counter("transxnet_images_processed", "Images run through the model.", registry=r)
+        self.timeouts = Counter(
+            "transxnet_request_timeouts", "Requests that waited past request_timeout_s.", registry=r
+        )
+        self.ready = Gauge("transxnet_ready", "1 when the service accepts work.", registry=r)
+
+    def track_queue_depth(self, depth: Callable[[], float]) -> None:
+        self.queue_depth.set_function(depth)
+
+    # BatchObserver
+    def batch_done(self, size: int, inference_s: float) -> None:
+        self.batch_size.observe(size)
+        self.inference_seconds.observe(inference_s)
+        self.images.inc(size)
+
+    def queue_wait(self, seconds: float) -> None:
+        self.queue_wait_seconds.observe(seconds)
+
+    def request_timed_out(self) -> None:
+        self.timeouts.inc()

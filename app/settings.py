@@ -1,0 +1,117 @@
+"""The service's configuration: one `Settings` read from `TRANSXNET_*` environment variables (or a
+`.env` file), validated once at start-up so a bad value stops the process with a one-line message
+naming the variable instead of failing later under load.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field, ValidationError, model_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+ENV_PREFIX = "TRANSXNET_"
+MIB = 1024 * 1024
+
+
+class SettingsError(ValueError):
+    """A setting is invalid or the model file is missing; the message is meant for the operator."""
+
+
+class Settings(BaseSettings):
+    """Everything an operator can tune; each field is `TRANSXNET_<NAME>` in the environment."""
+
+    model_config = SettingsConfigDict(
+        env_prefix=ENV_PREFIX, env_file=".env", env_file_encoding="utf-8", extra="ignore", frozen=True
+    )
+
+    # Model and runtime
+    model_path: Path = Field(Path("models/transxnet_t.onnx"), description="The exported ONNX file.")
+    providers: Literal["auto", "tensorrt", "cuda", "cpu"] = Field(
+        "auto", description="auto tries TensorRT -> CUDA -> CPU; a named GPU provider never falls back."
+    )
+    intra_op_threads: int = Field(0, ge=0, description="ONNX Runtime intra-op threads; 0 = ORT default.")
+    trt_fp16: bool = Field(True, description="Let TensorRT use FP16 kernels.")
+    trt_cache_dir: Path | None = Field(None, description="TensorRT engine/timing cache (None: rebuild).")
+
+    # Dynamic batching
+    max_batch_size: int = Field(16, ge=1, le=1024, description="Images per inference batch.")
+    max_batch_delay_ms: float = Field(
+        5.0, ge=0, le=10_000, description="How long the first queued image waits for batch-mates."
+    )
+    max_queue_size: int = Field(256, ge=1, description="Queued images before requests get 503.")
+    request_timeout_s: float = Field(30.0, gt=0, description="Queue wait after which a request gets 504.")
+
+    # Input limits
+    max_image_bytes: int = Field(20 * MIB, ge=1, description="Encoded bytes per image (413 above).")
+    max_image_pixels: int = Field(40_000_000, ge=1, description="Decoded pixels per image (413 above).")
+    max_images_per_request: int = Field(32, ge=1, description="Images per request (413 above).")
+    preprocess_workers: int = Field(
+        0, ge=0, le=64, description="Decode/preprocess threads; 0 = half the CPU cores (at least 1)."
+    )
+
+    # Server
+    host: str = "0.0.0.0"
+    port: int = Field(8000, ge=0, le=65535)
+    log_level: Literal["critical", "error", "warning", "info", "debug"] = "info"
+    log_format: Literal["text", "json"] = "text"
+    shutdown_timeout_s: float = Field(
+        30.0, gt=0, description="After SIGTERM: how long in-flight requests may take to finish."
+    )
+    shutdown_grace_s: float = Field(
+        0.0,
+        ge=0,
+        description="After SIGTERM: how long to keep the listener open with /readyz at 503 (so load "
+        "balancers stop routing here) before closing it; new work is refused with 503 meanwhile.",
+    )
+
+    @model_validator(mode="after")
+    def _limits_fit_the_queue(self) -> Settings:
+        # A request larger than the whole queue could never be admitted: refuse the combination.
+        if self.max_images_per_request > self.max_queue_size:
+            raise ValueError(
+                f"max_images_per_request ({self.max_images_per_request}) exceeds max_queue_size "
+                f"({self.max_queue_size}): raise {ENV_PREFIX}MAX_QUEUE_SIZE or lower "
+                f"{ENV_PREFIX}MAX_IMAGES_PER_REQUEST"
+            )
+        return self
+
+    @property
+    def resolved_preprocess_workers(self) -> int:
+        """Decode threads: half the cores by default so ONNX Runtime keeps the rest."""
+        if self.preprocess_workers:
+            return self.preprocess_workers
+        return max(1, min(4, (os.cpu_count() or 2) // 2))
+
+    @property
+    def max_request_bytes(self) -> int:
+        """Largest acceptable request body: every image at its limit plus multipart overhead."""
+        return self.max_images_per_request * (self.max_image_bytes + 4096) + 64 * 1024
+
+
+def load_settings(**overrides: object) -> Settings:
+    """Read and validate the settings; `SettingsError` carries one line per bad variable."""
+    try:
+        return Settings(**overrides)  # type: ignore[arg-type]
+    except ValidationError as exc:
+        problems = []
+        for error in exc.errors():
+            names = [str(part) for part in error["loc"]]
+            where = f"{ENV_PREFIX}{names[0].upper()}" if names else "settings"
+            value = f" (got {error['input']!r})" if names and "input" in error else ""
+            problems.append(f"{where}: {error['msg']}{value}")
+        raise SettingsError("invalid settings: " + "; ".join(problems)) from exc
+
+
+def check_model_file(settings: Settings) -> Path:
+    """The model file must exist before anything starts; say how to make one if it does not."""
+    path = settings.model_path
+    if not path.is_file():
+        raise SettingsError(
+            f"{ENV_PREFIX}MODEL_PATH: no ONNX model at {path}; export one with "
+            f"`python -m export --variant t --output {path}` or point {ENV_PREFIX}MODEL_PATH at an "
+            "exported file"
+        )
+    return path

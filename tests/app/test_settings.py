@@ -1,0 +1,52 @@
+"""Settings come from TRANSXNET_* variables and bad values stop start-up with a clear message."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from app.settings import Settings, SettingsError, check_model_file, load_settings
+
+
+def test_settings_read_prefixed_environment_variables(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("TRANSXNET_MAX_BATCH_SIZE", "4")
+    monkeypatch.setenv("TRANSXNET_PROVIDERS", "cpu")
+    monkeypatch.setenv("TRANSXNET_LOG_FORMAT", "json")
+    settings = load_settings()
+    assert (settings.max_batch_size, settings.providers, settings.log_format) == (4, "cpu", "json")
+
+
+@pytest.mark.parametrize(
+    ("variable", "value"),
+    [
+        ("TRANSXNET_MAX_BATCH_SIZE", "0"),
+        ("TRANSXNET_MAX_BATCH_SIZE", "many"),
+        ("TRANSXNET_PROVIDERS", "gpu"),
+        ("TRANSXNET_PORT", "70000"),
+        ("TRANSXNET_REQUEST_TIMEOUT_S", "-1"),
+        ("TRANSXNET_LOG_FORMAT", "xml"),
+    ],
+)
+def test_invalid_value_gives_one_line_message_naming_the_variable(
+    monkeypatch: pytest.MonkeyPatch, variable: str, value: str
+) -> None:
+    monkeypatch.setenv(variable, value)
+    with pytest.raises(SettingsError) as excinfo:
+        load_settings()
+    message = str(excinfo.value)
+    assert variable in message
+    assert repr(value) in message
+    assert "\n" not in message
+
+
+def test_request_larger_than_the_queue_is_refused_as_a_combination() -> None:
+    with pytest.raises(SettingsError, match="TRANSXNET_MAX_QUEUE_SIZE"):
+        load_settings(max_queue_size=8, max_images_per_request=32)
+
+
+def test_missing_model_file_says_how_to_export_one(tmp_path: Path) -> None:
+    missing = tmp_path / "nope.onnx"
+    with pytest.raises(SettingsError) as excinfo:
+        check_model_file(Settings(model_path=missing))
+    assert f"python -m export --variant t --output {missing}" in str(excinfo.value)
