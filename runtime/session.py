@@ -16,10 +16,10 @@ Provider option names follow the ONNX Runtime TensorRT / CUDA execution provider
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal, get_args
+from typing import Literal, get_args
 
 import onnxruntime as ort
 
@@ -186,7 +186,7 @@ def _dropped_reason(provider: str, got: Sequence[str]) -> str:
 
 
 def _provider_chain(
-    requested: str, available: Sequence[str], build_options: dict[str, Any]
+    requested: str, available: Sequence[str], build_options: dict[str, Callable[[], dict[str, str]]]
 ) -> tuple[list[tuple[str, dict[str, str]]], list[str]]:
     """(providers to ask for with their options, reasons for providers skipped before trying)."""
     skipped: list[str] = []
@@ -198,13 +198,11 @@ def _provider_chain(
     for provider in wanted:
         if provider in available:
             chain.append((provider, build_options[provider]()))
-        elif requested == "auto":
-            skipped.append(_unavailable_reason(provider))
         elif _SHORT_NAMES[provider] == requested:
             raise ProviderUnavailableError(requested, _unavailable_reason(provider))
         else:
-            # e.g. TensorRT requested, CUDA absent: TensorRT cannot initialise either; ORT will say so.
-            logger.warning("%s", _unavailable_reason(provider))
+            # under "auto", or CUDA absent under "tensorrt" (whose initialisation then decides)
+            skipped.append(_unavailable_reason(provider))
     chain.append((CPU, {}))
     return chain, skipped
 
