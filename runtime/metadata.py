@@ -8,6 +8,7 @@ weights and the service never guesses them. Values are strings in ONNX, so lists
 from __future__ import annotations
 
 import json
+import math
 from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
@@ -69,7 +70,8 @@ class ModelMetadata(BaseModel):
     @property
     def resize_size(self) -> int:
         """Shorter side before the centre crop, as timm computes it: floor(size / crop_pct)."""
-        return int(self.image_size // self.crop_pct) if self.crop_pct < 1 else self.image_size
+        # Not `size // crop_pct`: float floor division gives 319 for 288 / 0.9 where timm gets 320.
+        return math.floor(self.image_size / self.crop_pct)
 
     def to_props(self) -> dict[str, str]:
         """Flatten into ONNX `metadata_props` (string to string)."""
