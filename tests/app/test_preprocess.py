@@ -202,6 +202,25 @@ def test_center_crop_box_rounds_offsets_like_torchvision(
     assert center_crop_box(width, height, crop) == expected
 
 
+@pytest.mark.parametrize(
+    ("image_size", "crop_pct", "expected"),
+    [(224, 0.9, 248), (224, 0.95, 235), (384, 0.95, 404), (288, 0.9, 320), (224, 0.8, 280), (224, 1.0, 224)],
+)
+def test_resize_size_is_timms_floor_of_size_over_crop_pct(
+    image_size: int, crop_pct: float, expected: int
+) -> None:
+    # Worked by hand: 288 / 0.9 = 320 and 224 / 0.8 = 280 exactly, which float floor division misses.
+    assert make_preprocessor(image_size, crop_pct).resize_size == expected
+
+
+def test_image_already_at_resize_size_is_only_centre_cropped() -> None:
+    # 320 is the shorter side timm resizes to for 288 / 0.9, so timm leaves these pixels untouched.
+    source = np.random.default_rng(3).integers(0, 256, size=(320, 400, 3), dtype=np.uint8)
+    preprocessor = make_preprocessor(288, 0.9)
+    pixels = preprocessor.transform(Image.fromarray(source))
+    np.testing.assert_array_equal(pixels, source[16:304, 56:344])
+
+
 # --- colour modes and formats ----------------------------------------------------------------------
 
 
