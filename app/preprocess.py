@@ -38,7 +38,7 @@ import io
 import logging
 
 import numpy as np
-from PIL import Image, ImageOps, UnidentifiedImageError
+from PIL import Image, ImageFile, ImageOps, UnidentifiedImageError
 
 from app.errors import ImageDecodeError, PayloadTooLargeError, ServiceError, UnsupportedMediaTypeError
 from runtime.metadata import ModelMetadata
@@ -76,8 +76,8 @@ _SIXTEEN_BIT_MODES = frozenset({"I;16", "I;16L", "I;16B", "I;16N", "I"})
 _MIN_RESIZE_BUDGET_ASPECT = 16
 
 
-def _accepted_formats_text() -> str:
-    return "JPEG, PNG, WebP, BMP, GIF, TIFF"
+# How error messages name what we accept.
+_ACCEPTED_FORMATS_TEXT = "JPEG, PNG, WebP, BMP, GIF, TIFF"
 
 
 def check_content_type(content_type: str | None) -> None:
@@ -93,7 +93,7 @@ def check_content_type(content_type: str | None) -> None:
         return
     raise UnsupportedMediaTypeError(
         f"content type {media_type!r} is not accepted: send one of "
-        f"{', '.join(sorted(SUPPORTED_CONTENT_TYPES))} (formats {_accepted_formats_text()})"
+        f"{', '.join(sorted(SUPPORTED_CONTENT_TYPES))} (formats {_ACCEPTED_FORMATS_TEXT})"
     )
 
 
@@ -197,6 +197,13 @@ class ImagePreprocessor:
         # The resized intermediate obeys the pixel limit too (never below a 16:1 strip of the shorter side).
         self._resize_budget = max(max_image_pixels, _MIN_RESIZE_BUDGET_ASPECT * self.resize_size**2)
         self._table = _normalisation_table(metadata.mean, metadata.std)
+        if ImageFile.LOAD_TRUNCATED_IMAGES:
+            # Someone in this process opted Pillow into padding truncated files with grey; we do not
+            # undo a global, but the service would then classify half-received uploads.
+            logger.warning(
+                "PIL.ImageFile.LOAD_TRUNCATED_IMAGES is set in this process: truncated uploads will be "
+                "served padded instead of refused with 400"
+            )
         pillow_limit = Image.MAX_IMAGE_PIXELS
         if pillow_limit is not None and max_image_pixels > pillow_limit:
             # Not an error: our limit still binds, Pillow merely warns between its limit and twice it
@@ -239,11 +246,11 @@ class ImagePreprocessor:
             other = _sniff_other_format(data)
             if other is not None:
                 raise UnsupportedMediaTypeError(
-                    f"image format {other} is not supported: send {_accepted_formats_text()}"
+                    f"image format {other} is not supported: send {_ACCEPTED_FORMATS_TEXT}"
                 ) from exc
             raise ImageDecodeError(
                 f"the {len(data)} bytes sent are not a recognisable image "
-                f"({_accepted_formats_text()}): the file may be corrupt or not an image"
+                f"({_ACCEPTED_FORMATS_TEXT}): the file may be corrupt or not an image"
             ) from exc
         except MemoryError:
             raise
@@ -255,7 +262,7 @@ class ImagePreprocessor:
         if image.format not in SUPPORTED_FORMATS:
             # A plugin we asked for reported another format name; refuse rather than guess.
             raise UnsupportedMediaTypeError(
-                f"image format {image.format} is not supported: send {_accepted_formats_text()}"
+                f"image format {image.format} is not supported: send {_ACCEPTED_FORMATS_TEXT}"
             )
         width, height = image.size
         if width <= 0 or height <= 0:

@@ -16,11 +16,12 @@ import subprocess
 import sys
 import tracemalloc
 import zlib
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
 import pytest
-from PIL import Image
+from PIL import Image, ImageFile
 
 from app.errors import ImageDecodeError, PayloadTooLargeError, UnsupportedMediaTypeError
 from app.preprocess import (
@@ -259,6 +260,13 @@ def test_la_png_drops_alpha_and_repeats_grey(preprocessor: ImagePreprocessor) ->
     alpha = np.full_like(grey, 128)
     decoded = preprocessor.decode(encode(Image.fromarray(np.dstack([grey, alpha]), mode="LA"), "PNG"))
     np.testing.assert_array_equal(np.asarray(decoded), np.repeat(grey[..., None], 3, axis=-1))
+
+
+@pytest.mark.parametrize("fmt", ["PNG", "BMP", "TIFF"])
+def test_bilevel_image_becomes_black_and_white(preprocessor: ImagePreprocessor, fmt: str) -> None:
+    bits = (gradient_rgb()[..., 0] > 100).astype(np.uint8) * 255
+    decoded = preprocessor.decode(encode(Image.fromarray(bits, mode="L").convert("1"), fmt))
+    np.testing.assert_array_equal(np.asarray(decoded), np.repeat(bits[..., None], 3, axis=-1))
 
 
 def test_cmyk_jpeg_converts_to_rgb(preprocessor: ImagePreprocessor) -> None:
@@ -500,6 +508,25 @@ def test_constructor_refuses_nonsense_limits_and_interpolations() -> None:
     bilinear = make_metadata().model_copy(update={"interpolation": "bilinear"})
     with pytest.raises(ValueError, match="bicubic"):
         ImagePreprocessor(bilinear, max_image_bytes=10, max_image_pixels=10)
+
+
+def test_process_wide_pillow_settings_that_weaken_checks_are_logged(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    monkeypatch.setattr(ImageFile, "LOAD_TRUNCATED_IMAGES", True)
+    with caplog.at_level(logging.WARNING, logger="app.preprocess"):
+        make_preprocessor(max_image_pixels=Image.MAX_IMAGE_PIXELS + 1)
+    assert "LOAD_TRUNCATED_IMAGES" in caplog.text
+    assert "MAX_IMAGE_PIXELS" in caplog.text
+
+
+def test_concurrent_calls_give_the_sequential_results(preprocessor: ImagePreprocessor) -> None:
+    payloads = [path.read_bytes() for path in sorted(PHOTOS.iterdir())] * 3
+    sequential = [preprocessor(data) for data in payloads]
+    with ThreadPoolExecutor(max_workers=4) as pool:
+        concurrent = list(pool.map(preprocessor, payloads))
+    for expected, got in zip(sequential, concurrent, strict=True):
+        np.testing.assert_array_equal(got, expected)
 
 
 # --- content types ---------------------------------------------------------------------------------
