@@ -126,7 +126,7 @@ def _to_rgb(image: Image.Image) -> Image.Image:
             # is clipped to the 16-bit range rather than wrapped.
             samples = np.clip(samples, 0, 0xFFFF)
         high_byte = (samples.astype(np.uint32, copy=False) >> 8).astype(np.uint8)
-        return Image.fromarray(high_byte, mode="L").convert("RGB")
+        return Image.fromarray(high_byte).convert("RGB")  # 2-D uint8 -> mode L
     if mode == "F":
         raise UnsupportedMediaTypeError(
             "floating-point images (Pillow mode F) have no defined display range: send an 8- or 16-bit image"
