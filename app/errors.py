@@ -25,6 +25,13 @@ class ImageDecodeError(ServiceError):
     code = "invalid_image"
 
 
+class MalformedRequestError(ServiceError):
+    """A request whose framing is broken or holds no image: bad multipart, no `file`/`files` part."""
+
+    status_code = 400
+    code = "malformed_request"
+
+
 class UnsupportedMediaTypeError(ServiceError):
     """A content type (of the body or of a part) that is not an accepted image type or multipart."""
 

@@ -79,3 +79,35 @@ class FailingRunner:
 def image(value: float, size: int = 4) -> np.ndarray:
     """A tiny image whose first pixel identifies it."""
     return np.full((3, size, size), value, dtype=np.float32)
+
+
+class GatedRunner:
+    """Blocks every batch after `warmup_calls` (or the warm-up itself with warmup_calls=0) until the
+    test sets `gate`, so tests decide what is in flight without timing."""
+
+    def __init__(self, inner: ModelRunner, gate: threading.Event, warmup_calls: int = 1) -> None:
+        self.inner = inner
+        self.gate = gate
+        self.warmup_calls = warmup_calls
+        self.calls = 0
+
+    def run(self, batch: np.ndarray, outputs: Sequence[str]) -> dict[str, np.ndarray]:
+        self.calls += 1
+        if self.calls > self.warmup_calls and not self.gate.wait(timeout=30):
+            raise RuntimeError("test gate never opened")
+        return self.inner.run(batch, outputs)
+
+
+class NanRunner:
+    """Returns NaN logits after warm-up: an unexpected failure past the batcher (JSON refuses NaN)."""
+
+    def __init__(self, inner: ModelRunner) -> None:
+        self.inner = inner
+        self.calls = 0
+
+    def run(self, batch: np.ndarray, outputs: Sequence[str]) -> dict[str, np.ndarray]:
+        self.calls += 1
+        values = self.inner.run(batch, outputs)
+        if self.calls > 1:
+            values = {name: np.full_like(array, np.nan) for name, array in values.items()}
+        return values

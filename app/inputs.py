@@ -1,0 +1,131 @@
+"""Getting image bytes out of a request, within limits, before anything is decoded.
+
+Two shapes are accepted: `multipart/form-data` with `file` / `files` parts (any number up to
+`max_images_per_request`), or a raw body with an image content type. Sizes are enforced while
+reading: a declared `Content-Length` over the limit is refused before a byte is read, and a chunked
+body is cut off as soon as it passes the limit, so a hostile client cannot make us buffer gigabytes.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+
+from fastapi import Request
+from starlette.datastructures import UploadFile
+from starlette.formparsers import MultiPartException, MultiPartParser
+
+from app.errors import (
+    ImageDecodeError,
+    MalformedRequestError,
+    PayloadTooLargeError,
+    TooManyImagesError,
+)
+from app.preprocess import check_content_type
+from app.settings import Settings
+
+IMAGE_FIELDS = ("file", "files")
+#: Non-file form fields tolerated before the parser gives up (parameters belong in the query).
+MAX_FORM_FIELDS = 8
+
+
+def _declared_length(request: Request) -> int | None:
+    value = request.headers.get("content-length")
+    if value is None:
+        return None
+    try:
+        return int(value)
+    except ValueError:
+        raise MalformedRequestError(f"Content-Length {value!r} is not a number") from None
+
+
+async def _capped(stream: AsyncIterator[bytes], limit: int, what: str) -> AsyncIterator[bytes]:
+    total = 0
+    async for chunk in stream:
+        total += len(chunk)
+        if total > limit:
+            raise PayloadTooLargeError(f"{what} is larger than {limit} bytes")
+        yield chunk
+
+
+async def read_images(request: Request, settings: Settings) -> list[bytes]:
+    """The request's encoded images, in order; raises the 4xx `ServiceError` that fits."""
+    content_type = request.headers.get("content-type") or ""
+    if content_type.split(";", 1)[0].strip().lower() == "multipart/form-data":
+        return await _read_multipart(request, settings)
+    return [await _read_raw(request, content_type, settings)]
+
+
+async def _read_raw(request: Request, content_type: str, settings: Settings) -> bytes:
+    check_content_type(content_type or None)
+    limit = settings.max_image_bytes
+    declared = _declared_length(request)
+    if declared is not None and declared > limit:
+        raise PayloadTooLargeError(
+            f"the image is {declared} bytes; the limit is {limit} (TRANSXNET_MAX_IMAGE_BYTES)"
+        )
+    body = bytearray()
+    async for chunk in _capped(request.stream(), limit, "the image"):
+        body.extend(chunk)
+    if not body:
+        raise ImageDecodeError(
+            "the request body is empty: send an image as the body (Content-Type image/jpeg, ...) or "
+            "as multipart 'file' parts"
+        )
+    return bytes(body)
+
+
+async def _read_multipart(request: Request, settings: Settings) -> list[bytes]:
+    limit = settings.max_request_bytes
+    declared = _declared_length(request)
+    if declared is not None and declared > limit:
+        raise PayloadTooLargeError(
+            f"the request is {declared} bytes; at most {settings.max_images_per_request} images of "
+            f"{settings.max_image_bytes} bytes each are accepted ({limit} bytes with multipart framing)"
+        )
+    parser = MultiPartParser(
+        request.headers,
+        _capped(request.stream(), limit, "the request"),
+        max_files=settings.max_images_per_request,
+        max_fields=MAX_FORM_FIELDS,
+    )
+    try:
+        form = await parser.parse()
+    except MultiPartException as exc:
+        if exc.message.startswith("Too many files"):
+            raise TooManyImagesError(
+                f"more than {settings.max_images_per_request} images in one request "
+                "(TRANSXNET_MAX_IMAGES_PER_REQUEST): split it"
+            ) from None
+        raise MalformedRequestError(f"the multipart body could not be parsed: {exc.message}") from None
+    try:
+        return await _collect_parts(form.multi_items(), settings)
+    finally:
+        await form.close()
+
+
+async def _collect_parts(items: list[tuple[str, UploadFile | str]], settings: Settings) -> list[bytes]:
+    images: list[bytes] = []
+    for name, value in items:
+        if name not in IMAGE_FIELDS:
+            raise MalformedRequestError(
+                f"unexpected form field {name!r}: send images as 'file' or 'files' parts and "
+                "parameters (top_k, outputs, format) in the query string"
+            )
+        if not isinstance(value, UploadFile):
+            raise MalformedRequestError(
+                f"form field {name!r} is not a file upload: send it with a filename "
+                "(curl -F 'file=@photo.jpg')"
+            )
+        check_content_type(value.content_type)
+        if value.size is not None and value.size > settings.max_image_bytes:
+            raise PayloadTooLargeError(
+                f"image {value.filename!r} is {value.size} bytes; the limit is {settings.max_image_bytes} "
+                "(TRANSXNET_MAX_IMAGE_BYTES)"
+            )
+        data = await value.read()
+        if not data:
+            raise ImageDecodeError(f"image {value.filename!r} is empty")
+        images.append(data)
+    if not images:
+        raise MalformedRequestError("no image in the request: send 'file' or 'files' parts")
+    return images

@@ -1,0 +1,217 @@
+"""The FastAPI application: `create_app()` wires settings, model, batcher, routes and error mapping.
+
+Start-up happens in two steps so a long warm-up (a TensorRT engine build can take minutes) never
+looks like a dead process: the lifespan opens the session and reads the model's metadata (a broken
+file stops start-up at once), then warms up at the max batch size in the background while /healthz
+answers 200 and /readyz 503; /readyz turns 200 when warm-up is done.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import AsyncIterator, Callable
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import asynccontextmanager
+
+import numpy as np
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from app.batcher import Batcher, ModelRunner
+from app.errors import ServiceError
+from app.metrics import ServiceMetrics
+from app.preprocess import ImagePreprocessor
+from app.routes import health, inference
+from app.routes import metrics as metrics_route
+from app.runner import OnnxRunner
+from app.settings import Settings, check_model_file, load_settings
+from app.state import ServiceState
+from runtime.metadata import OUTPUT_NAMES
+from runtime.session import create_session, read_metadata
+
+logger = logging.getLogger(__name__)
+
+#: `runner` for `create_app`: a runner used instead of the ONNX one, or a function that wraps it.
+RunnerOverride = ModelRunner | Callable[[OnnxRunner], ModelRunner]
+
+
+def _error_body(code: str, message: str) -> dict:
+    return {"error": {"code": code, "message": message}}
+
+
+async def _service_error(request: Request, exc: Exception) -> JSONResponse:
+    assert isinstance(exc, ServiceError)
+    if exc.status_code >= 500:
+        logger.info("%s %s -> %d %s", request.method, request.url.path, exc.status_code, exc.code)
+    return JSONResponse(_error_body(exc.code, exc.message), status_code=exc.status_code, headers=exc.headers)
+
+
+async def _validation_error(request: Request, exc: Exception) -> JSONResponse:
+    assert isinstance(exc, RequestValidationError)
+    problems = []
+    for error in exc.errors():
+        where = ".".join(str(part) for part in error.get("loc", ()) if part not in ("query", "body"))
+        problems.append(f"{where}: {error.get('msg')}" if where else str(error.get("msg")))
+    return JSONResponse(_error_body("invalid_parameter", "; ".join(problems)), status_code=422)
+
+
+async def _http_error(request: Request, exc: Exception) -> JSONResponse:
+    assert isinstance(exc, StarletteHTTPException)
+    code = {404: "not_found", 405: "method_not_allowed"}.get(exc.status_code, "http_error")
+    return JSONResponse(
+        _error_body(code, str(exc.detail)), status_code=exc.status_code, headers=dict(exc.headers or {})
+    )
+
+
+class RequestObserver:
+    """Outermost ASGI layer: counts and times every request by route template and status, and turns
+    an unexpected exception into a 500 `internal_error` (traceback logged once, never sent)."""
+
+    def __init__(self, app: ASGIApp, metrics: ServiceMetrics) -> None:
+        self.app = app
+        self.metrics = metrics
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        started = time.perf_counter()
+        status = 500
+        response_started = False
+
+        async def observed_send(message: Message) -> None:
+            nonlocal status, response_started
+            if message["type"] == "http.response.start":
+                status = message["status"]
+                response_started = True
+            await send(message)
+
+        try:
+            await self.app(scope, receive, observed_send)
+        except Exception:
+            logger.exception("unhandled error on %s %s", scope.get("method"), scope.get("path"))
+            status = 500
+            if not response_started:
+                response = JSONResponse(
+                    _error_body("internal_error", "an internal error occurred; it has been logged"),
+                    status_code=500,
+                )
+                await response(scope, receive, send)
+        finally:
+            route = scope.get("route")
+            label = getattr(route, "path", None) or "unmatched"
+            self.metrics.requests.labels(route=label, status=str(status)).inc()
+            self.metrics.request_latency.labels(route=label).observe(time.perf_counter() - started)
+
+
+def _build_runner(onnx_runner: OnnxRunner, override: RunnerOverride | None) -> ModelRunner:
+    if override is None:
+        return onnx_runner
+    if isinstance(override, ModelRunner):
+        logger.warning("using an injected model runner (%s)", type(override).__name__)
+        return override
+    runner = override(onnx_runner)
+    logger.warning("wrapping the ONNX runner in %s", type(runner).__name__)
+    return runner
+
+
+async def _warm_up(service: ServiceState) -> None:
+    """One batch of max_batch_size with every output: allocations, cuDNN algorithm search and the
+    TensorRT engine are paid here, not by the first users."""
+    assert service.batcher is not None and service.metadata is not None
+    size = service.metadata.image_size
+    batch = np.zeros((service.settings.max_batch_size, 3, size, size), dtype=np.float32)
+    started = time.perf_counter()
+    try:
+        await asyncio.to_thread(service.batcher.run_direct, batch, OUTPUT_NAMES)
+    except Exception as exc:
+        service.startup_error = f"warm-up failed: {type(exc).__name__}: {exc}"
+        logger.exception("warm-up failed; the service stays not-ready and /healthz reports 500")
+        return
+    service.mark_ready()
+    logger.info(
+        "ready: warmed up at batch %d in %.2f s on %s",
+        service.settings.max_batch_size,
+        time.perf_counter() - started,
+        list(service.loaded.providers) if service.loaded else "?",
+    )
+
+
+def create_app(settings: Settings | None = None, *, runner: RunnerOverride | None = None) -> FastAPI:
+    """Build the service. `runner` replaces the ONNX runner (tests: slow or failing runners) or, if
+    it is a function, wraps it; the model file is loaded either way for its metadata."""
+    settings = settings or load_settings()
+    metrics = ServiceMetrics(max_batch_size=settings.max_batch_size)
+    service = ServiceState(settings=settings, metrics=metrics)
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        path = check_model_file(settings)
+        loaded = await asyncio.to_thread(
+            create_session,
+            path,
+            providers=settings.providers,
+            intra_op_threads=settings.intra_op_threads,
+            max_batch_size=settings.max_batch_size,
+            trt_fp16=settings.trt_fp16,
+            trt_cache_dir=settings.trt_cache_dir,
+        )
+        service.loaded = loaded
+        service.metadata = metadata = read_metadata(loaded.session)
+        onnx_runner = OnnxRunner(loaded)
+        service.output_shapes = onnx_runner.output_shapes()
+        service.preprocessor = ImagePreprocessor(
+            metadata, max_image_bytes=settings.max_image_bytes, max_image_pixels=settings.max_image_pixels
+        )
+        service.pool = ThreadPoolExecutor(
+            settings.resolved_preprocess_workers, thread_name_prefix="preprocess"
+        )
+        batcher = Batcher(
+            _build_runner(onnx_runner, runner),
+            max_batch_size=settings.max_batch_size,
+            max_batch_delay_ms=settings.max_batch_delay_ms,
+            max_queue_size=settings.max_queue_size,
+            request_timeout_s=settings.request_timeout_s,
+            observer=metrics,
+        )
+        service.batcher = batcher
+        metrics.track_queue_depth(lambda: batcher.queue_depth)
+        batcher.start()
+        logger.info(
+            "serving %s (%s) from %s; warming up at batch %d",
+            metadata.variant,
+            metadata.weights,
+            path,
+            settings.max_batch_size,
+        )
+        warm_up = asyncio.create_task(_warm_up(service), name="warm-up")
+        try:
+            yield
+        finally:
+            service.begin_draining()
+            warm_up.cancel()
+            await batcher.stop(settings.shutdown_timeout_s)
+            service.pool.shutdown(wait=False, cancel_futures=True)
+            logger.info("stopped")
+
+    app = FastAPI(
+        title="TransXNet inference",
+        version="0.1.0",
+        description="Image classification and backbone features from an exported TransXNet (ONNX "
+        'Runtime, dynamic batching). Errors are `{"error": {"code", "message"}}`.',
+        lifespan=lifespan,
+    )
+    app.state.service = service
+    app.add_exception_handler(ServiceError, _service_error)
+    app.add_exception_handler(RequestValidationError, _validation_error)
+    app.add_exception_handler(StarletteHTTPException, _http_error)
+    app.add_middleware(RequestObserver, metrics=metrics)
+    app.include_router(inference.router)
+    app.include_router(health.router)
+    app.include_router(metrics_route.router)
+    return app

@@ -1,0 +1,95 @@
+"""Liveness, readiness and model metadata."""
+
+from __future__ import annotations
+
+from fastapi import APIRouter
+
+from app.errors import NotReadyError, ServiceError
+from app.routes.docs import INFERENCE_ERRORS
+from app.schemas import HealthResponse, Limits, ModelInfo, ReadyResponse
+from app.state import Service
+from runtime.metadata import INPUT_NAME
+
+router = APIRouter(tags=["health"])
+
+
+class StartupFailedError(ServiceError):
+    """Warm-up failed: the process is alive but will never serve; a liveness probe should restart it."""
+
+    status_code = 500
+    code = "startup_failed"
+
+
+@router.get(
+    "/healthz", summary="Liveness", response_model=HealthResponse, responses={500: INFERENCE_ERRORS[500]}
+)
+async def healthz(service: Service) -> HealthResponse:
+    """200 while the process can serve or is getting there; 500 if start-up failed for good."""
+    if service.startup_error is not None:
+        raise StartupFailedError(f"start-up failed: {service.startup_error}")
+    return HealthResponse(status="ok")
+
+
+@router.get(
+    "/readyz",
+    summary="Readiness",
+    response_model=ReadyResponse,
+    responses={503: INFERENCE_ERRORS[503]},
+    description="200 once the model is loaded and warmed up at the max batch size; 503 before that and "
+    "from the moment SIGTERM arrives.",
+)
+async def readyz(service: Service) -> ReadyResponse:
+    if not service.accepting:
+        if service.draining:
+            raise NotReadyError("shutting down: finishing in-flight requests")
+        detail = f": {service.startup_error}" if service.startup_error else ""
+        raise NotReadyError(f"warming up the model{detail}")
+    assert service.metadata is not None and service.loaded is not None
+    return ReadyResponse(
+        status="ready",
+        model=service.metadata.variant,
+        image_size=service.metadata.image_size,
+        weights=service.metadata.weights,
+        providers=list(service.loaded.providers),
+        requested_providers=service.loaded.requested,
+        fallbacks=list(service.loaded.fallbacks),
+    )
+
+
+@router.get(
+    "/v1/models",
+    summary="Model metadata",
+    response_model=ModelInfo,
+    responses={503: INFERENCE_ERRORS[503]},
+    description="What the served model expects and returns, the providers it runs on and the limits.",
+)
+async def models(service: Service) -> ModelInfo:
+    meta, loaded, settings = service.metadata, service.loaded, service.settings
+    if meta is None or loaded is None:
+        raise NotReadyError("the model is not loaded yet")
+    return ModelInfo(
+        model=meta.variant,
+        image_size=meta.image_size,
+        resize_size=meta.resize_size,
+        crop_pct=meta.crop_pct,
+        interpolation=meta.interpolation,
+        mean=list(meta.mean),
+        std=list(meta.std),
+        num_classes=meta.num_classes,
+        embed_dim=meta.embed_dim,
+        weights=meta.weights,
+        pretrained=meta.pretrained,
+        precision=meta.precision,
+        input={"name": INPUT_NAME, "shape": ["N", 3, meta.image_size, meta.image_size]},
+        outputs=service.output_shapes,
+        providers=list(loaded.providers),
+        limits=Limits(
+            max_batch_size=settings.max_batch_size,
+            max_batch_delay_ms=settings.max_batch_delay_ms,
+            max_queue_size=settings.max_queue_size,
+            max_images_per_request=settings.max_images_per_request,
+            max_image_bytes=settings.max_image_bytes,
+            max_image_pixels=settings.max_image_pixels,
+            request_timeout_s=settings.request_timeout_s,
+        ),
+    )

@@ -1,0 +1,118 @@
+"""POST /classify and POST /features: read -> preprocess (thread pool) -> batcher -> numpy -> bytes."""
+
+from __future__ import annotations
+
+from typing import Annotated, Literal
+
+from fastapi import APIRouter, Query, Request, Response
+
+from app.errors import InvalidParameterError
+from app.inputs import read_images
+from app.postprocess import classify_payload, dumps, features_npz, features_payload
+from app.routes.docs import IMAGE_REQUEST_BODY, INFERENCE_ERRORS
+from app.schemas import ClassifyResponse, FeaturesResponse
+from app.state import ReadyService
+from runtime.metadata import STAGE_OUTPUTS
+
+router = APIRouter(tags=["inference"])
+
+FEATURE_OUTPUTS = ("pooled", *STAGE_OUTPUTS)
+NPZ_MEDIA_TYPE = "application/x-npz"
+DEFAULT_TOP_K = 5
+
+
+def _json(payload: dict) -> Response:
+    return Response(content=dumps(payload), media_type="application/json")
+
+
+@router.post(
+    "/classify",
+    summary="Classify one or more images",
+    description="Top-k ImageNet classes per image, in request order. Images share inference batches "
+    "with concurrent requests.",
+    response_model=ClassifyResponse,
+    responses=INFERENCE_ERRORS,
+    openapi_extra=IMAGE_REQUEST_BODY,
+)
+async def classify(
+    request: Request,
+    service: ReadyService,
+    top_k: Annotated[
+        int | None, Query(ge=1, description="Classes per image (1..num_classes, default 5).", examples=[5])
+    ] = None,
+) -> Response:
+    metadata = service.metadata
+    assert metadata is not None and service.batcher is not None
+    k = min(DEFAULT_TOP_K, metadata.num_classes) if top_k is None else top_k
+    if k > metadata.num_classes:
+        raise InvalidParameterError(f"top_k must be between 1 and {metadata.num_classes}, got {k}")
+    blobs = await read_images(request, service.settings)
+    images = await service.preprocess(blobs)
+    results = await service.batcher.submit(images, ["logits"])
+    return _json(classify_payload(results, metadata, k))
+
+
+def _parse_outputs(values: list[str] | None) -> list[str]:
+    names: list[str] = []
+    for value in values or ["pooled"]:
+        for name in (part.strip() for part in value.split(",")):
+            if not name:
+                continue
+            if name not in FEATURE_OUTPUTS:
+                raise InvalidParameterError(
+                    f"unknown output {name!r}: choose from {', '.join(FEATURE_OUTPUTS)} "
+                    "(repeat `outputs` or separate with commas)"
+                )
+            if name not in names:
+                names.append(name)
+    if not names:
+        raise InvalidParameterError(f"no output selected: choose from {', '.join(FEATURE_OUTPUTS)}")
+    return names
+
+
+@router.post(
+    "/features",
+    summary="Backbone features for one or more images",
+    description="`pooled` embeddings and/or the stage feature maps, as JSON (flattened values with "
+    f"shape) or as a compact `.npz` (`Accept: {NPZ_MEDIA_TYPE}` or `format=npz`) whose arrays are "
+    "named after the outputs and stacked over the request's images.",
+    response_model=FeaturesResponse,
+    responses={
+        **INFERENCE_ERRORS,
+        200: {
+            "description": "Features as JSON, or as .npz when asked for.",
+            "content": {NPZ_MEDIA_TYPE: {"schema": {"type": "string", "format": "binary"}}},
+        },
+    },
+    openapi_extra=IMAGE_REQUEST_BODY,
+)
+async def features(
+    request: Request,
+    service: ReadyService,
+    outputs: Annotated[
+        list[str] | None,
+        Query(
+            description=f"Outputs to return: {', '.join(FEATURE_OUTPUTS)} (repeatable or comma-separated; "
+            "default pooled).",
+            examples=[["pooled", "stage4"]],
+        ),
+    ] = None,
+    format: Annotated[  # the public query parameter is named `format`
+        Literal["json", "npz"] | None,
+        Query(description=f"Response format; default json unless Accept asks for {NPZ_MEDIA_TYPE}."),
+    ] = None,
+) -> Response:
+    metadata = service.metadata
+    assert metadata is not None and service.batcher is not None
+    names = _parse_outputs(outputs)
+    wants_npz = format == "npz" or (format is None and NPZ_MEDIA_TYPE in request.headers.get("accept", ""))
+    blobs = await read_images(request, service.settings)
+    images = await service.preprocess(blobs)
+    results = await service.batcher.submit(images, names)
+    if wants_npz:
+        return Response(
+            content=features_npz(results, names),
+            media_type=NPZ_MEDIA_TYPE,
+            headers={"X-Model": metadata.variant, "X-Weights": metadata.weights},
+        )
+    return _json(features_payload(results, metadata, names))

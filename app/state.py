@@ -1,0 +1,87 @@
+"""What the running service holds (settings, model, batcher, readiness) and the dependencies that
+hand it to route handlers."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from typing import Annotated
+
+import numpy as np
+from fastapi import Depends, Request
+
+from app.batcher import Batcher
+from app.errors import NotReadyError
+from app.metrics import ServiceMetrics
+from app.preprocess import ImagePreprocessor
+from app.settings import Settings
+from runtime.metadata import ModelMetadata
+from runtime.session import LoadedSession
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass
+class ServiceState:
+    """One per app. `ready` turns true after warm-up; `draining` from SIGTERM on (never back)."""
+
+    settings: Settings
+    metrics: ServiceMetrics
+    loaded: LoadedSession | None = None
+    metadata: ModelMetadata | None = None
+    output_shapes: dict[str, list[int | str | None]] = field(default_factory=dict)
+    batcher: Batcher | None = None
+    preprocessor: ImagePreprocessor | None = None
+    pool: ThreadPoolExecutor | None = None
+    ready: bool = False
+    draining: bool = False
+    startup_error: str | None = None
+
+    @property
+    def accepting(self) -> bool:
+        return self.ready and not self.draining
+
+    def mark_ready(self) -> None:
+        self.ready = True
+        self.metrics.ready.set(0 if self.draining else 1)
+
+    def begin_draining(self) -> None:
+        """Refuse new work from now on (readiness 503); safe to call from a signal handler."""
+        if not self.draining:
+            self.draining = True
+            self.metrics.ready.set(0)
+            logger.info("draining: readiness is now 503 and new requests are refused")
+
+    async def preprocess(self, blobs: Sequence[bytes]) -> list[np.ndarray]:
+        """Decode every image of a request in the preprocessing pool; the first failure (in request
+        order) fails the whole request before any of its images is queued."""
+        assert self.pool is not None and self.preprocessor is not None
+        loop = asyncio.get_running_loop()
+        outcomes = await asyncio.gather(
+            *(loop.run_in_executor(self.pool, self.preprocessor, blob) for blob in blobs),
+            return_exceptions=True,
+        )
+        for outcome in outcomes:
+            if isinstance(outcome, BaseException):
+                raise outcome
+        return outcomes  # type: ignore[return-value]
+
+
+def get_service(request: Request) -> ServiceState:
+    return request.app.state.service
+
+
+def get_ready_service(request: Request) -> ServiceState:
+    """The service, if it accepts work; otherwise 503 not_ready (warming up or shutting down)."""
+    service: ServiceState = request.app.state.service
+    if not service.accepting:
+        reason = "shutting down" if service.draining else "warming up"
+        raise NotReadyError(f"the service is {reason}; retry on another replica or in a moment")
+    return service
+
+
+Service = Annotated[ServiceState, Depends(get_service)]
+ReadyService = Annotated[ServiceState, Depends(get_ready_service)]
