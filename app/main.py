@@ -112,9 +112,12 @@ class RequestObserver:
 def _build_runner(onnx_runner: OnnxRunner, override: RunnerOverride | None) -> ModelRunner:
     if override is None:
         return onnx_runner
-    if isinstance(override, ModelRunner):
+    # An instance with run() replaces the ONNX runner; a class or function wraps it.
+    if isinstance(override, ModelRunner) and not isinstance(override, type):
         logger.warning("using an injected model runner (%s)", type(override).__name__)
         return override
+    if not callable(override):
+        raise TypeError(f"runner must be a ModelRunner or a function of the ONNX runner, got {override!r}")
     runner = override(onnx_runner)
     logger.warning("wrapping the ONNX runner in %s", type(runner).__name__)
     return runner

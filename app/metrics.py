@@ -10,9 +10,10 @@ LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0
 
 
 def batch_size_buckets(max_batch_size: int) -> tuple[float, ...]:
-    """Powers of two up to (and including) the first one >= max_batch_size."""
+    """Powers of two from 1 to at least 64 and at least max_batch_size (fixed buckets keep
+    dashboards comparable across deployments with different batch limits)."""
     buckets = [1]
-    while buckets[-1] < max_batch_size:
+    while buckets[-1] < max(64, max_batch_size):
         buckets.append(buckets[-1] * 2)
     return tuple(float(b) for b in buckets)
 

@@ -1,0 +1,171 @@
+"""Service behaviour with injected runners: back-pressure, timeouts, failures, readiness, draining,
+metrics, metadata and the OpenAPI document."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import threading
+
+import pytest
+
+from tests.app.conftest import make_settings, running_app, wait_ready
+from tests.app.fake_model import STAGE_CHANNELS, fake_metadata
+from tests.app.images import encoded_image
+from tests.app.runners import FailingRunner, GatedRunner, NanRunner
+
+pytestmark = pytest.mark.anyio
+
+PNG = {"content-type": "image/png"}
+
+
+async def wait_until(predicate, timeout_s: float = 10) -> None:
+    loop = asyncio.get_running_loop()
+    end = loop.time() + timeout_s
+    while not predicate():
+        if loop.time() > end:
+            raise AssertionError("condition not reached")
+        await asyncio.sleep(0.005)
+
+
+def classify(client, seed: int):
+    return asyncio.create_task(client.post("/classify", content=encoded_image(seed), headers=PNG))
+
+
+async def test_full_queue_gets_503_with_retry_after(fake_model_path) -> None:
+    gate = threading.Event()
+    settings = make_settings(
+        fake_model_path, max_batch_size=1, max_batch_delay_ms=0, max_queue_size=2, max_images_per_request=2
+    )
+    async with running_app(settings, lambda inner: GatedRunner(inner, gate)) as client:
+        batcher = client.app.state.service.batcher
+        running = classify(client, 1)
+        await wait_until(lambda: batcher.pending == 1 and batcher.queue_depth == 0)
+        queued = [classify(client, 2), classify(client, 3)]
+        await wait_until(lambda: batcher.queue_depth == 2)
+        refused = await client.post("/classify", content=encoded_image(4), headers=PNG)
+        assert refused.status_code == 503
+        assert refused.json()["error"]["code"] == "queue_full"
+        assert int(refused.headers["retry-after"]) >= 1
+        gate.set()
+        assert [r.status_code for r in await asyncio.gather(running, *queued)] == [200, 200, 200]
+
+
+async def test_request_waiting_past_timeout_gets_504(fake_model_path) -> None:
+    gate = threading.Event()
+    settings = make_settings(fake_model_path, max_batch_size=1, max_batch_delay_ms=0, request_timeout_s=0.3)
+    async with running_app(settings, lambda inner: GatedRunner(inner, gate)) as client:
+        batcher = client.app.state.service.batcher
+        running = classify(client, 1)
+        await wait_until(lambda: batcher.pending == 1 and batcher.queue_depth == 0)
+        waited = await client.post("/classify", content=encoded_image(2), headers=PNG)
+        assert waited.status_code == 504
+        assert waited.json()["error"]["code"] == "timeout"
+        gate.set()
+        await running
+        assert (await client.post("/classify", content=encoded_image(3), headers=PNG)).status_code == 200
+        metrics = (await client.get("/metrics")).text
+        assert "transxnet_request_timeouts_total 2.0" in metrics
+
+
+async def test_inference_error_fails_its_batch_and_the_next_request_succeeds(fake_model_path, caplog) -> None:
+    caplog.set_level(logging.ERROR)
+    async with running_app(make_settings(fake_model_path), FailingRunner) as client:
+        failed = await client.post("/classify", content=encoded_image(1), headers=PNG)
+        assert failed.status_code == 500
+        assert failed.json()["error"]["code"] == "inference_failed"
+        assert "Traceback" not in failed.text
+        assert (await client.post("/classify", content=encoded_image(1), headers=PNG)).status_code == 200
+    tracebacks = [r for r in caplog.records if r.exc_info is not None]
+    assert len(tracebacks) == 1
+
+
+async def test_unexpected_error_is_500_internal_error_logged_once_and_never_sent(
+    fake_model_path, caplog
+) -> None:
+    caplog.set_level(logging.ERROR)
+    async with running_app(make_settings(fake_model_path), NanRunner) as client:
+        response = await client.post("/classify", content=encoded_image(1), headers=PNG)
+        assert response.status_code == 500
+        assert response.json()["error"]["code"] == "internal_error"
+        assert "Traceback" not in response.text and "NaN" not in response.text
+        assert (await client.get("/healthz")).status_code == 200
+    tracebacks = [r for r in caplog.records if r.exc_info is not None]
+    assert len(tracebacks) == 1
+
+
+async def test_readiness_is_503_until_warm_up_completes_then_200(fake_model_path) -> None:
+    gate = threading.Event()
+    settings = make_settings(fake_model_path)
+    async with running_app(
+        settings, lambda inner: GatedRunner(inner, gate, warmup_calls=0), ready=False
+    ) as client:
+        not_ready = await client.get("/readyz")
+        assert not_ready.status_code == 503
+        assert not_ready.json()["error"]["code"] == "not_ready"
+        assert (await client.get("/healthz")).status_code == 200
+        refused = await client.post("/classify", content=encoded_image(1), headers=PNG)
+        assert refused.status_code == 503
+        assert refused.json()["error"]["code"] == "not_ready"
+        gate.set()
+        await wait_ready(client)
+        ready = (await client.get("/readyz")).json()
+        assert ready["providers"] == ["CPUExecutionProvider"]
+        assert ready["model"] == "transxnet_fake"
+        assert ready["image_size"] == 224
+        assert ready["weights"] == "random-init seed 0"
+
+
+async def test_draining_turns_readiness_503_and_refuses_new_work(fake_model_path) -> None:
+    async with running_app(make_settings(fake_model_path)) as client:
+        client.app.state.service.begin_draining()
+        assert (await client.get("/readyz")).status_code == 503
+        refused = await client.post("/classify", content=encoded_image(1), headers=PNG)
+        assert refused.status_code == 503
+        assert refused.json()["error"]["code"] == "not_ready"
+        assert (await client.get("/healthz")).status_code == 200
+
+
+async def test_models_endpoint_describes_the_served_model(client) -> None:
+    info = (await client.get("/v1/models")).json()
+    meta = fake_metadata()
+    assert info["model"] == meta.variant
+    assert (info["image_size"], info["crop_pct"], info["num_classes"]) == (224, 0.9, 1000)
+    assert info["resize_size"] == 248
+    assert info["mean"] == list(meta.mean) and info["std"] == list(meta.std)
+    assert info["embed_dim"] == STAGE_CHANNELS[-1]
+    assert info["outputs"]["stage1"] == ["N", STAGE_CHANNELS[0], 56, 56]
+    assert info["limits"]["max_batch_size"] == 8
+    assert info["providers"] == ["CPUExecutionProvider"]
+
+
+async def test_metrics_count_requests_by_route_and_status(client) -> None:
+    await client.post("/classify", content=encoded_image(1), headers=PNG)
+    await client.post("/classify", content=b"junk", headers=PNG)
+    text = (await client.get("/metrics")).text
+    assert 'transxnet_requests_total{route="/classify",status="200"}' in text
+    assert 'transxnet_requests_total{route="/classify",status="400"}' in text
+    for name in (
+        "transxnet_request_duration_seconds_bucket",
+        "transxnet_queue_wait_seconds_count",
+        "transxnet_inference_seconds_count",
+        'transxnet_batch_size_bucket{le="16.0"}',
+        "transxnet_queue_depth 0.0",
+        "transxnet_images_processed_total",
+    ):
+        assert name in text
+
+
+async def test_openapi_documents_bodies_errors_and_examples(client) -> None:
+    spec = (await client.get("/openapi.json")).json()
+    for path in ("/classify", "/features"):
+        operation = spec["paths"][path]["post"]
+        content = operation["requestBody"]["content"]
+        assert {"multipart/form-data", "image/jpeg", "image/png"} <= set(content)
+        for status in ("400", "413", "415", "422", "503", "504"):
+            response = operation["responses"][status]
+            schema = response["content"]["application/json"]["schema"]
+            assert schema["$ref"].endswith("/ErrorResponse")
+    assert "application/x-npz" in spec["paths"]["/features"]["post"]["responses"]["200"]["content"]
+    assert spec["components"]["schemas"]["ClassifyResponse"]["examples"]
+    assert {"/healthz", "/readyz", "/v1/models", "/metrics"} <= set(spec["paths"])
