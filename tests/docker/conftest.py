@@ -81,7 +81,7 @@ def exported_model(stages: list[Stage], tmp_path_factory: pytest.TempPathFactory
     """TransXNet-T exported by the Dockerfile's own RUN line with the offline build argument."""
     out = tmp_path_factory.mktemp("export")
     script, args = export_command(stages, out)
-    env = host_env(**args, TRANSXNET_CHECKPOINT="random")
+    env = host_env(**{**args, "TRANSXNET_CHECKPOINT": "random"})
     # /bin/sh, as `RUN` uses; cwd = the sources, as the stage's WORKDIR holds them.
     done = subprocess.run(
         ["/bin/sh", "-c", script], cwd=ROOT, env=env, capture_output=True, text=True, check=False
