@@ -1,0 +1,169 @@
+"""The service as a real process: graceful SIGTERM, no torch, clean start-up errors."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
+from pathlib import Path
+
+import httpx
+import pytest
+
+from tests.app.images import encoded_image
+
+ROOT = Path(__file__).resolve().parents[2]
+PNG = {"content-type": "image/png"}
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def service_env(model_path: Path, **extra: str) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("TRANSXNET_")}
+    env.update(
+        {
+            "PYTHONPATH": str(ROOT),
+            "TRANSXNET_MODEL_PATH": str(model_path),
+            "TRANSXNET_PROVIDERS": "cpu",
+            "TRANSXNET_HOST": "127.0.0.1",
+            "TRANSXNET_INTRA_OP_THREADS": "1",
+            **extra,
+        }
+    )
+    return env
+
+
+def wait_for(predicate, timeout_s: float = 60) -> None:
+    end = time.monotonic() + timeout_s
+    while not predicate():
+        if time.monotonic() > end:
+            raise AssertionError("condition not reached")
+        time.sleep(0.02)
+
+
+def status_of(url: str) -> int | None:
+    try:
+        return httpx.get(url, timeout=2).status_code
+    except httpx.TransportError:
+        return None
+
+
+@contextmanager
+def running_process(args: list[str], env: dict[str, str]) -> Iterator[subprocess.Popen]:
+    process = subprocess.Popen(
+        args, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+    )
+    try:
+        yield process
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait(timeout=10)
+
+
+@pytest.mark.slow
+def test_sigterm_drains_in_flight_requests_and_exits_zero(fake_model_path) -> None:
+    port = free_port()
+    base = f"http://127.0.0.1:{port}"
+    env = service_env(
+        fake_model_path,
+        TRANSXNET_PORT=str(port),
+        TRANSXNET_MAX_BATCH_SIZE="1",
+        TRANSXNET_MAX_BATCH_DELAY_MS="0",
+        TRANSXNET_SHUTDOWN_GRACE_S="1.5",
+    )
+    args = [sys.executable, "-m", "tests.app.serve_helper", "--slow-s", "0.7"]
+    with running_process(args, env) as process, ThreadPoolExecutor(4) as pool:
+        wait_for(lambda: status_of(f"{base}/readyz") == 200 or process.poll() is not None)
+        assert process.poll() is None
+        blobs = [encoded_image(i) for i in range(3)]
+        in_flight = [
+            pool.submit(httpx.post, f"{base}/classify", content=b, headers=PNG, timeout=60) for b in blobs
+        ]
+
+        def queued() -> bool:
+            return "transxnet_queue_depth 2.0" in httpx.get(f"{base}/metrics", timeout=5).text
+
+        wait_for(queued)  # one running, two queued: all three are in flight
+        process.send_signal(signal.SIGTERM)
+        wait_for(lambda: status_of(f"{base}/readyz") == 503, timeout_s=5)
+        refused = httpx.post(f"{base}/classify", content=blobs[0], headers=PNG, timeout=10)
+        assert refused.status_code == 503
+        assert refused.json()["error"]["code"] == "not_ready"
+        responses = [future.result(timeout=60) for future in in_flight]
+        assert [r.status_code for r in responses] == [200, 200, 200]
+        assert process.wait(timeout=60) == 0, process.stdout.read() if process.stdout else ""
+
+
+NO_TORCH_SCRIPT = """
+import asyncio, sys
+import httpx
+from app.main import create_app
+from app.settings import load_settings
+from tests.app.images import encoded_image
+
+async def main():
+    app = create_app(load_settings())
+    async with app.router.lifespan_context(app):
+        async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://s") as c:
+            while (await c.get("/readyz")).status_code != 200:
+                await asyncio.sleep(0.01)
+            r = await c.post("/classify", content=encoded_image(1), headers={"content-type": "image/png"})
+            assert r.status_code == 200, r.text
+    assert "torch" not in sys.modules, "torch was imported by the service"
+    assert "onnx" not in sys.modules, "onnx was imported by the service"
+    print("NO_TORCH_OK")
+
+asyncio.run(main())
+"""
+
+
+@pytest.mark.slow
+def test_service_process_never_imports_torch(fake_model_path) -> None:
+    result = subprocess.run(
+        [sys.executable, "-c", NO_TORCH_SCRIPT],
+        cwd=ROOT,
+        env=service_env(fake_model_path),
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert result.returncode == 0, result.stderr
+    assert "NO_TORCH_OK" in result.stdout
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(
+    ("extra", "expected"),
+    [
+        ({"TRANSXNET_MAX_BATCH_SIZE": "0"}, "TRANSXNET_MAX_BATCH_SIZE"),
+        ({"TRANSXNET_PROVIDERS": "gpu"}, "TRANSXNET_PROVIDERS"),
+        ({"TRANSXNET_MODEL_PATH": "/nonexistent/model.onnx"}, "python -m export --variant t --output"),
+    ],
+)
+def test_bad_settings_stop_the_process_with_one_clean_line(fake_model_path, extra, expected) -> None:
+    result = subprocess.run(
+        [sys.executable, "-m", "app"],
+        cwd=ROOT,
+        env=service_env(fake_model_path, **extra),
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert result.returncode != 0
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1, result.stderr
+    assert expected in lines[0]
+    assert "Traceback" not in result.stderr
