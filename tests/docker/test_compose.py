@@ -218,3 +218,15 @@ def test_compose_cli_accepts_the_file(profiles: list[str]) -> None:
     expected = {"transxnet"}.union(*(by_profile[p] for p in profiles))
     # docker-compose v1 lists every service whatever the profiles; the plugin lists the active ones.
     assert expected <= set(done.stdout.split())
+
+
+def test_deploy_doc_lists_every_setting_with_its_default() -> None:
+    doc = (ROOT / "docs" / "deploy.md").read_text()
+    rows = dict(re.findall(r"^\| `(TRANSXNET_[A-Z0-9_]+)` \| `?([^`|]*)`? \|", doc, re.MULTILINE))
+    for name, field in Settings.model_fields.items():
+        variable = ENV_PREFIX + name.upper()
+        assert variable in rows, f"docs/deploy.md: no row for {variable}"
+        default = field.default
+        if default is not None:
+            expected = str(default).lower() if isinstance(default, bool) else str(default)
+            assert rows[variable].strip() == expected, f"{variable}: doc says {rows[variable]!r}"
