@@ -153,12 +153,31 @@ def trace_to_onnx(net: TransXNet, *, opset: int = DEFAULT_OPSET) -> onnx.ModelPr
     return program.model_proto
 
 
+def _detach_graph_outputs(model: onnx.ModelProto) -> None:
+    """Give every graph output that other nodes also consume its own Identity node.
+
+    The stage maps are both outputs and inputs of the next stage; onnxconverter-common's
+    `keep_io_types` casts outputs back to float32 and would otherwise wire that cast into the
+    float16 graph (ORT then refuses the file: Conv bound to float and float16).
+    """
+    consumed = {name for node in model.graph.node for name in node.input}
+    for output in model.graph.output:
+        if output.name not in consumed:
+            continue
+        internal = f"{output.name}__internal"
+        for node in model.graph.node:
+            node.output[:] = [internal if o == output.name else o for o in node.output]
+            node.input[:] = [internal if i == output.name else i for i in node.input]
+        model.graph.node.append(onnx.helper.make_node("Identity", [internal], [output.name]))
+
+
 def convert_to_fp16(model: onnx.ModelProto) -> onnx.ModelProto:
     """Cast weights and activations to float16 for GPU providers; inputs and outputs stay float32 so
-    the service and clients are unchanged."""
+    the service and clients are unchanged. GroupNorm's statistics stay float32: the stage maps reach
+    magnitudes whose squares overflow float16."""
     from onnxconverter_common import float16
 
-    # Resize/normalisation statistics stay fp32 where fp16 loses too much (GroupNorm's variance).
+    _detach_graph_outputs(model)
     return float16.convert_float_to_float16(
         model, keep_io_types=True, op_block_list=["InstanceNormalization", "ReduceMean", "Pow", "Sqrt"]
     )
