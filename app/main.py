@@ -22,11 +22,12 @@ from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from app import v2_protocol
 from app.batcher import Batcher, ModelRunner
 from app.errors import ServiceError
 from app.metrics import ServiceMetrics
 from app.preprocess import ImagePreprocessor
-from app.routes import health, inference
+from app.routes import health, inference, v2
 from app.routes import metrics as metrics_route
 from app.runner import OnnxRunner
 from app.settings import Settings, check_model_file, load_settings
@@ -44,11 +45,23 @@ def _error_body(code: str, message: str) -> dict:
     return {"error": {"code": code, "message": message}}
 
 
+def _error_response(
+    request: Request, code: str, message: str, status_code: int, headers: dict[str, str] | None = None
+) -> JSONResponse:
+    """The house error shape, except under /v2 where the Open Inference Protocol's `{"error": "..."}`
+    and Triton's status codes apply (tritonclient reads exactly that)."""
+    if request.url.path == "/v2" or request.url.path.startswith("/v2/"):
+        return JSONResponse(
+            {"error": message}, status_code=v2_protocol.protocol_status(status_code), headers=headers
+        )
+    return JSONResponse(_error_body(code, message), status_code=status_code, headers=headers)
+
+
 async def _service_error(request: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, ServiceError)
     if exc.status_code >= 500:
         logger.info("%s %s -> %d %s", request.method, request.url.path, exc.status_code, exc.code)
-    return JSONResponse(_error_body(exc.code, exc.message), status_code=exc.status_code, headers=exc.headers)
+    return _error_response(request, exc.code, exc.message, exc.status_code, exc.headers)
 
 
 async def _validation_error(request: Request, exc: Exception) -> JSONResponse:
@@ -57,15 +70,13 @@ async def _validation_error(request: Request, exc: Exception) -> JSONResponse:
     for error in exc.errors():
         where = ".".join(str(part) for part in error.get("loc", ()) if part not in ("query", "body"))
         problems.append(f"{where}: {error.get('msg')}" if where else str(error.get("msg")))
-    return JSONResponse(_error_body("invalid_parameter", "; ".join(problems)), status_code=422)
+    return _error_response(request, "invalid_parameter", "; ".join(problems), 422)
 
 
 async def _http_error(request: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, StarletteHTTPException)
     code = {404: "not_found", 405: "method_not_allowed"}.get(exc.status_code, "http_error")
-    return JSONResponse(
-        _error_body(code, str(exc.detail)), status_code=exc.status_code, headers=dict(exc.headers or {})
-    )
+    return _error_response(request, code, str(exc.detail), exc.status_code, dict(exc.headers or {}))
 
 
 class RequestObserver:
@@ -217,4 +228,5 @@ def create_app(settings: Settings | None = None, *, runner: RunnerOverride | Non
     app.include_router(inference.router)
     app.include_router(health.router)
     app.include_router(metrics_route.router)
+    app.include_router(v2.router)
     return app

@@ -1,0 +1,450 @@
+"""The Open Inference Protocol (KServe v2, as Triton speaks it over HTTP): parsing infer requests
+and encoding responses, with no FastAPI and no model in sight, so the wire format is testable alone.
+
+What Triton's own client (`tritonclient.http`) sends and expects, and what this module follows:
+
+- A request body is a JSON header, optionally followed by raw input buffers (the binary tensor data
+  extension). The `Inference-Header-Content-Length` request header says where the JSON ends; each
+  binary input carries `parameters.binary_data_size` and the buffers follow in input order.
+- Binary data is little-endian, row-major, unpadded; a BYTES element is a 4-byte little-endian
+  length followed by its bytes.
+- An output is returned as binary when its `parameters.binary_data` says so, otherwise as the
+  request-level `parameters.binary_data_output` says (default JSON). The response's JSON then gives
+  `parameters.binary_data_size` per binary output and the `Inference-Header-Content-Length` response
+  header; the buffers follow the JSON in output order.
+- The classification extension (`parameters.classification: k` on an output) replaces the tensor
+  with BYTES `[N, k]` strings `"<value>:<index>[:<label>]"`: the k largest raw output values (not a
+  softmax), formatted as C++ `std::to_string` does (`%f`), as Triton's `classification.cc` does.
+- Errors are `{"error": "<message>"}`; Triton's status codes: not found 404, unavailable 503,
+  unsupported 501, internal 500, any other client error 400 (`protocol_status`).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import struct
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from app.errors import ServiceError
+
+#: The request/response header that splits the JSON header from the binary buffers.
+HEADER_LENGTH = "Inference-Header-Content-Length"
+
+#: Extensions this server implements, reported by `GET /v2`.
+EXTENSIONS = ("binary_tensor_data", "classification")
+
+#: v2 datatype -> little-endian numpy dtype (BYTES is handled apart: variable-length elements).
+NUMPY_TYPES: dict[str, np.dtype] = {
+    "BOOL": np.dtype("?"),
+    "UINT8": np.dtype("<u1"),
+    "UINT16": np.dtype("<u2"),
+    "UINT32": np.dtype("<u4"),
+    "UINT64": np.dtype("<u8"),
+    "INT8": np.dtype("<i1"),
+    "INT16": np.dtype("<i2"),
+    "INT32": np.dtype("<i4"),
+    "INT64": np.dtype("<i8"),
+    "FP16": np.dtype("<f2"),
+    "FP32": np.dtype("<f4"),
+    "FP64": np.dtype("<f8"),
+}
+BYTES = "BYTES"
+DATATYPES = (*NUMPY_TYPES, "BF16", BYTES)
+
+_LENGTH = struct.Struct("<I")
+
+
+class ProtocolError(ServiceError):
+    """A request the protocol cannot accept: bad framing, JSON, names, datatypes or shapes (400)."""
+
+    status_code = 400
+    code = "invalid_argument"
+
+
+class ModelNotFoundError(ServiceError):
+    """An unknown model name or version (404)."""
+
+    status_code = 404
+    code = "not_found"
+
+
+class UnsupportedFeatureError(ServiceError):
+    """A protocol feature this server does not implement, e.g. shared memory (501, as Triton)."""
+
+    status_code = 501
+    code = "unsupported"
+
+
+def protocol_status(status_code: int) -> int:
+    """Triton's mapping of the service's statuses: 404, 405, 501 and 500 stay; unavailable, queue full
+    and queue timeout are 503; every other client error (413, 415, 422, ...) is 400."""
+    if status_code in (404, 405, 501) or status_code == 500:
+        return status_code
+    if status_code in (503, 504):
+        return 503
+    if 400 <= status_code < 500:
+        return 400
+    return 500 if status_code > 500 else status_code
+
+
+def error_body(message: str) -> bytes:
+    return json.dumps({"error": message}, ensure_ascii=False).encode()
+
+
+@dataclass
+class RequestInput:
+    """One input as sent: its data still encoded (binary buffer or JSON `data`), so the caller can
+    check name, datatype and shape against the model before paying for decoding."""
+
+    name: str
+    datatype: str
+    shape: tuple[int, ...]
+    binary: bytes | None = None
+    data: Any = None
+
+    @property
+    def element_count(self) -> int:
+        return math.prod(self.shape)
+
+
+@dataclass
+class RequestedOutput:
+    name: str
+    binary: bool | None = None
+    classification: int = 0
+
+
+@dataclass
+class InferRequest:
+    id: str | None
+    inputs: list[RequestInput]
+    outputs: list[RequestedOutput] | None
+    binary_data_output: bool = False
+    parameters: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class ResponseOutput:
+    """One output to send: a numeric array, or for BYTES an object array of `bytes`."""
+
+    name: str
+    datatype: str
+    array: np.ndarray
+    binary: bool
+
+
+# ---------------------------------------------------------------------------------------------------
+# Requests
+
+
+def _object(value: Any, what: str) -> dict[str, Any]:
+    if not isinstance(value, dict):
+        raise ProtocolError(f"{what} must be a JSON object, got {type(value).__name__}")
+    return value
+
+
+def _parameters(holder: dict[str, Any], what: str) -> dict[str, Any]:
+    params = holder.get("parameters", {})
+    if params is None:
+        return {}
+    return _object(params, f"'parameters' of {what}")
+
+
+def _check_shared_memory(params: Mapping[str, Any], what: str) -> None:
+    if any(key.startswith("shared_memory_") for key in params):
+        raise UnsupportedFeatureError(
+            f"{what} asks for shared memory, which this server does not support: send the data in the "
+            "request body (JSON or binary)"
+        )
+
+
+def _bool_param(params: Mapping[str, Any], key: str, what: str) -> bool | None:
+    if key not in params:
+        return None
+    value = params[key]
+    if not isinstance(value, bool):
+        raise ProtocolError(f"parameter '{key}' of {what} must be a boolean, got {value!r}")
+    return value
+
+
+def _shape(value: Any, what: str) -> tuple[int, ...]:
+    if not isinstance(value, list) or not all(
+        isinstance(d, int) and not isinstance(d, bool) and d >= 0 for d in value
+    ):
+        raise ProtocolError(f"'shape' of {what} must be a list of non-negative integers, got {value!r}")
+    return tuple(value)
+
+
+def split_body(body: bytes, header_length: str | None) -> tuple[bytes, bytes]:
+    """(JSON header, binary section) of a request body, by its `Inference-Header-Content-Length`."""
+    if header_length is None:
+        return body, b""
+    try:
+        length = int(header_length)
+    except ValueError:
+        raise ProtocolError(f"{HEADER_LENGTH} must be an integer, got {header_length!r}") from None
+    if length == 0:
+        raise ProtocolError(
+            f"{HEADER_LENGTH}: 0 (a raw binary request without a JSON header) is not supported: send the "
+            "JSON inference header first"
+        )
+    if length < 0 or length > len(body):
+        raise ProtocolError(
+            f"{HEADER_LENGTH} is {length} but the request body has {len(body)} bytes: the JSON header "
+            "must lie within the body"
+        )
+    return body[:length], body[length:]
+
+
+def parse_infer_request(body: bytes, header_length: str | None = None) -> InferRequest:
+    """Parse and frame-check an infer request; the model-specific checks are the caller's."""
+    header, binary = split_body(body, header_length)
+    try:
+        document = json.loads(header)
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        where = f" (the first {len(header)} bytes, per {HEADER_LENGTH})" if header_length else ""
+        raise ProtocolError(f"the inference request header{where} is not valid JSON: {exc}") from None
+    request = _object(document, "the inference request")
+    request_id = request.get("id")
+    if request_id is not None and not isinstance(request_id, str):
+        raise ProtocolError(f"'id' must be a string, got {request_id!r}")
+    params = _parameters(request, "the request")
+    reserved = sorted(key for key in params if key.startswith("triton_"))
+    if reserved:
+        raise ProtocolError(f"parameter keys starting with 'triton_' are reserved, got {reserved}")
+    binary_output = _bool_param(params, "binary_data_output", "the request") or False
+
+    raw_inputs = request.get("inputs")
+    if not isinstance(raw_inputs, list):
+        raise ProtocolError("'inputs' must be a list of input tensors")
+    inputs: list[RequestInput] = []
+    offset = 0
+    for position, raw in enumerate(raw_inputs):
+        tensor = _object(raw, f"input {position}")
+        name = tensor.get("name")
+        if not isinstance(name, str) or not name:
+            raise ProtocolError(f"input {position} has no 'name'")
+        what = f"input '{name}'"
+        if any(existing.name == name for existing in inputs):
+            raise ProtocolError(f"input '{name}' is given more than once")
+        datatype = tensor.get("datatype")
+        if datatype not in DATATYPES:
+            raise ProtocolError(
+                f"'datatype' of {what} must be one of {', '.join(DATATYPES)}, got {datatype!r}"
+            )
+        shape = _shape(tensor.get("shape"), what)
+        input_params = _parameters(tensor, what)
+        _check_shared_memory(input_params, what)
+        item = RequestInput(name=name, datatype=datatype, shape=shape)
+        if "binary_data_size" in input_params:
+            size = input_params["binary_data_size"]
+            if not isinstance(size, int) or isinstance(size, bool) or size < 0:
+                raise ProtocolError(f"'binary_data_size' of {what} must be a non-negative integer")
+            if "data" in tensor:
+                raise ProtocolError(f"{what} has both 'data' and 'binary_data_size': send one")
+            if header_length is None and size > 0:
+                raise ProtocolError(
+                    f"{what} is binary ('binary_data_size') but the request has no {HEADER_LENGTH} header"
+                )
+            if offset + size > len(binary):
+                raise ProtocolError(
+                    f"{what} declares {size} bytes of binary data but only {len(binary) - offset} remain "
+                    "in the request body"
+                )
+            item.binary = binary[offset : offset + size]
+            offset += size
+        elif "data" in tensor:
+            item.data = tensor["data"]
+        else:
+            raise ProtocolError(f"{what} has neither 'data' nor 'parameters.binary_data_size'")
+        inputs.append(item)
+    if offset != len(binary):
+        raise ProtocolError(
+            f"the request body has {len(binary) - offset} bytes after the inputs' binary data: "
+            "'binary_data_size' values and the body disagree"
+        )
+
+    outputs: list[RequestedOutput] | None = None
+    if "outputs" in request:
+        raw_outputs = request["outputs"]
+        if not isinstance(raw_outputs, list):
+            raise ProtocolError("'outputs' must be a list of requested outputs")
+        outputs = []
+        for position, raw in enumerate(raw_outputs):
+            tensor = _object(raw, f"output {position}")
+            name = tensor.get("name")
+            if not isinstance(name, str) or not name:
+                raise ProtocolError(f"output {position} has no 'name'")
+            what = f"output '{name}'"
+            if any(existing.name == name for existing in outputs):
+                raise ProtocolError(f"output '{name}' is requested more than once")
+            output_params = _parameters(tensor, what)
+            _check_shared_memory(output_params, what)
+            classification = output_params.get("classification", 0)
+            if not isinstance(classification, int) or isinstance(classification, bool) or classification < 0:
+                raise ProtocolError(
+                    f"'classification' of {what} must be a non-negative integer, got {classification!r}"
+                )
+            outputs.append(
+                RequestedOutput(
+                    name=name,
+                    binary=_bool_param(output_params, "binary_data", what),
+                    classification=classification,
+                )
+            )
+    return InferRequest(
+        id=request_id, inputs=inputs, outputs=outputs, binary_data_output=binary_output, parameters=params
+    )
+
+
+def _flatten(data: Any) -> list[Any]:
+    """JSON tensor data, flat or nested row-major, as one flat list."""
+    if not isinstance(data, list):
+        return [data]
+    if all(not isinstance(value, list) for value in data):
+        return data
+    flat: list[Any] = []
+    for value in data:
+        flat.extend(_flatten(value))
+    return flat
+
+
+def decode_numeric(item: RequestInput) -> np.ndarray:
+    """The input as an array of its shape; sizes must match the shape exactly."""
+    if item.datatype not in NUMPY_TYPES:
+        raise ProtocolError(f"input '{item.name}' has datatype {item.datatype}, which is not decoded here")
+    dtype = NUMPY_TYPES[item.datatype]
+    count = item.element_count
+    if item.binary is not None:
+        expected = count * dtype.itemsize
+        if len(item.binary) != expected:
+            raise ProtocolError(
+                f"input '{item.name}' has {len(item.binary)} bytes of binary data; shape {list(item.shape)} "
+                f"of {item.datatype} needs {expected}"
+            )
+        return np.frombuffer(item.binary, dtype=dtype).reshape(item.shape)
+    values = _flatten(item.data)
+    if len(values) != count:
+        raise ProtocolError(
+            f"input '{item.name}' has {len(values)} values in 'data'; shape {list(item.shape)} needs {count}"
+        )
+    if any(isinstance(value, (str, list, dict)) or value is None for value in values):
+        raise ProtocolError(f"input '{item.name}' ({item.datatype}) must hold numbers in 'data'")
+    try:
+        return np.asarray(values, dtype=dtype).reshape(item.shape)
+    except (TypeError, ValueError, OverflowError) as exc:
+        raise ProtocolError(f"input '{item.name}' has values that are not {item.datatype}: {exc}") from None
+
+
+def deserialize_bytes(buffer: bytes, count: int, name: str) -> list[bytes]:
+    """Length-prefixed BYTES elements; exactly `count` of them must fill the buffer."""
+    elements: list[bytes] = []
+    offset = 0
+    while offset < len(buffer):
+        if offset + 4 > len(buffer):
+            raise ProtocolError(f"input '{name}': BYTES data ends inside an element's 4-byte length")
+        (length,) = _LENGTH.unpack_from(buffer, offset)
+        offset += 4
+        if offset + length > len(buffer):
+            raise ProtocolError(
+                f"input '{name}': BYTES element {len(elements)} declares {length} bytes but only "
+                f"{len(buffer) - offset} remain"
+            )
+        elements.append(buffer[offset : offset + length])
+        offset += length
+    if len(elements) != count:
+        raise ProtocolError(f"input '{name}' has {len(elements)} BYTES elements; its shape needs {count}")
+    return elements
+
+
+def decode_bytes(item: RequestInput) -> list[bytes]:
+    """A BYTES input's elements in row-major order (JSON strings are UTF-8 encoded, as Triton does)."""
+    if item.datatype != BYTES:
+        raise ProtocolError(f"input '{item.name}' has datatype {item.datatype}, not BYTES")
+    if item.binary is not None:
+        return deserialize_bytes(item.binary, item.element_count, item.name)
+    values = _flatten(item.data)
+    if not all(isinstance(value, str) for value in values):
+        raise ProtocolError(
+            f"input '{item.name}' (BYTES) must hold strings in 'data'; send binary content such as "
+            "encoded images as binary data (binary_data_size)"
+        )
+    if len(values) != item.element_count:
+        raise ProtocolError(
+            f"input '{item.name}' has {len(values)} values in 'data'; shape {list(item.shape)} needs "
+            f"{item.element_count}"
+        )
+    return [value.encode("utf-8") for value in values]
+
+
+# ---------------------------------------------------------------------------------------------------
+# Responses
+
+
+def serialize_bytes(elements: np.ndarray) -> bytes:
+    """BYTES elements (row-major) as length-prefixed binary data."""
+    parts: list[bytes] = []
+    for element in elements.ravel():
+        value = element if isinstance(element, bytes) else str(element).encode("utf-8")
+        parts.append(_LENGTH.pack(len(value)))
+        parts.append(value)
+    return b"".join(parts)
+
+
+def classification_strings(values: np.ndarray, count: int, labels: Sequence[str] | None) -> np.ndarray:
+    """Triton's classification extension for a batched output: for each row (flattened), the `count`
+    largest values, largest first, as `"<value>:<index>[:<label>]"` with the value printed as `%f`.
+    Ties go to the lower index (Triton's sort leaves them unspecified). Shape `[N, min(count, size)]`."""
+    rows = values.reshape(values.shape[0], -1)
+    count = min(count, rows.shape[1])
+    order = np.argsort(-rows, axis=1, kind="stable")[:, :count]
+    strings = np.empty((rows.shape[0], count), dtype=object)
+    for r, indices in enumerate(order):
+        for c, index in enumerate(indices.tolist()):
+            text = f"{float(rows[r, index]):f}:{index}"
+            if labels is not None and index < len(labels):
+                text += f":{labels[index]}"
+            strings[r, c] = text.encode("utf-8")
+    return strings
+
+
+def encode_infer_response(
+    *, model_name: str, model_version: str, request_id: str | None, outputs: Sequence[ResponseOutput]
+) -> tuple[bytes, int | None]:
+    """(body, JSON header length or None): the response JSON, then the binary outputs' buffers."""
+    described: list[dict[str, Any]] = []
+    buffers: list[bytes] = []
+    for output in outputs:
+        entry: dict[str, Any] = {
+            "name": output.name,
+            "datatype": output.datatype,
+            "shape": list(output.array.shape),
+        }
+        if output.binary:
+            if output.datatype == BYTES:
+                raw = serialize_bytes(output.array)
+            else:
+                raw = np.ascontiguousarray(output.array, dtype=NUMPY_TYPES[output.datatype]).tobytes()
+            entry["parameters"] = {"binary_data_size": len(raw)}
+            buffers.append(raw)
+        elif output.datatype == BYTES:
+            entry["data"] = [
+                value.decode("utf-8", errors="replace") if isinstance(value, bytes) else str(value)
+                for value in output.array.ravel()
+            ]
+        else:
+            entry["data"] = output.array.ravel().tolist()
+        described.append(entry)
+    document: dict[str, Any] = {"model_name": model_name, "model_version": model_version}
+    if request_id:
+        document["id"] = request_id
+    document["outputs"] = described
+    header = json.dumps(document, separators=(",", ":"), ensure_ascii=False).encode()
+    if not buffers:
+        return header, None
+    return header + b"".join(buffers), len(header)
