@@ -11,6 +11,11 @@ from export.onnx_export import DEFAULT_OPSET, DEFAULT_SEED, ExportError
 from export.verify import VerificationError
 from model import CheckpointError
 
+#: Exit codes a script can act on (scripts/serve.sh falls back to random weights only on 4).
+EXIT_USAGE_OR_INPUT = 2
+EXIT_VERIFICATION_FAILED = 3
+EXIT_DOWNLOAD_FAILED = 4
+
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
@@ -43,12 +48,15 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    # Our progress at INFO; third-party chatter (the onnxscript optimiser logs every rewrite) at WARNING.
     logging.basicConfig(
-        level=logging.WARNING if args.quiet else logging.INFO,
+        level=logging.WARNING,
         format="%(asctime)s %(levelname)s %(message)s",
         datefmt="%H:%M:%S",
         stream=sys.stderr,
     )
+    for name in ("export", "model", "runtime"):
+        logging.getLogger(name).setLevel(logging.WARNING if args.quiet else logging.INFO)
     # Imported here so `--help` answers without loading torch.
     from export.pipeline import export_model
 
@@ -71,10 +79,13 @@ def main(argv: list[str] | None = None) -> int:
         )
     except VerificationError as exc:
         logging.error("%s\n%s", exc, exc.report.table())
-        return 3
-    except (FileNotFoundError, ValueError, CheckpointError, CheckpointDownloadError, ExportError) as exc:
+        return EXIT_VERIFICATION_FAILED
+    except CheckpointDownloadError as exc:
         logging.error("%s", exc)
-        return 2
+        return EXIT_DOWNLOAD_FAILED
+    except (FileNotFoundError, ValueError, CheckpointError, ExportError) as exc:
+        logging.error("%s", exc)
+        return EXIT_USAGE_OR_INPUT
     total = sum(result.timings.values())
     print(f"wrote {result.path} ({result.metadata.variant}, {result.metadata.weights}) in {total:.0f} s")
     if result.triton_model_dir is not None:
