@@ -63,6 +63,11 @@ def dynamic_depthwise_conv_export(x: torch.Tensor, weight: torch.Tensor, bias: t
     built from that kernel row); stacking the K bands turns the whole conv into one batched MatMul
     per (sample, channel): (H, K*(W+2p)) @ (K*(W+2p), W). Dense GEMMs with computed operands are
     what ONNX Runtime runs fast, unlike a grouped Conv with computed weights (im2col per group).
+
+    The Toeplitz matrices are expanded from the kernel by a MatMul with a constant 0/1 matrix rather
+    than by indexing: ONNX Runtime runs that small GEMM several times faster than the GatherND and
+    the two layout Transposes that `weight[..., index]` exports to, and it is exact (every entry is
+    one kernel tap times 1 plus zeros).
     """
     b, c, h, w = x.shape
     k = weight.shape[-1]
@@ -71,13 +76,14 @@ def dynamic_depthwise_conv_export(x: torch.Tensor, weight: torch.Tensor, bias: t
     xp = F.pad(x, (p, p, p, p))
     # (B, C, H, K*Wp): the K row-shifted bands side by side.
     bands = torch.cat([xp[:, :, i : i + h, :] for i in range(k)], dim=-1)
-    # Toeplitz index: T[i, u, v] = weight[i, u - v] for 0 <= u - v < K, else a zero slot (index K).
-    u = torch.arange(wp, device=x.device).unsqueeze(1)
-    v = torch.arange(w, device=x.device).unsqueeze(0)
-    offset = u - v
-    index = torch.where((offset >= 0) & (offset < k), offset, torch.full_like(offset, k))
-    padded = F.pad(weight, (0, 1))  # (B, C, K, K+1), last slot zero
-    toeplitz = padded[:, :, :, index]  # (B, C, K, Wp, W)
+    # expand[j, u, v] = 1 where u - v == j, so (weight @ expand)[..., i, u, v] = weight[..., i, u - v]
+    # inside the band and 0 outside it: the Toeplitz matrix of kernel row i. Shapes are static, so
+    # the exporter stores `expand` as a constant.
+    u = torch.arange(wp, device=x.device).view(1, wp, 1)
+    v = torch.arange(w, device=x.device).view(1, 1, w)
+    j = torch.arange(k, device=x.device).view(k, 1, 1)
+    expand = (u - v == j).to(x.dtype).reshape(k, wp * w)
+    toeplitz = torch.matmul(weight, expand)  # (B, C, K, Wp*W)
     out = torch.matmul(bands, toeplitz.reshape(b, c, k * wp, w))
     return out + bias.reshape(b, c, 1, 1)
 
