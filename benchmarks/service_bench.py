@@ -511,6 +511,7 @@ def plot(report: dict, path: Path) -> None:
         axis.set_title(f"{title} ({report['mode']}, {report['machine']['cpus']} CPUs)")
         axis.grid(alpha=0.3)
         axis.legend(fontsize=8)
+    left.set_ylim(bottom=0)  # differences of a few percent must not look like factors
     right.set_yscale("log")
     fig.tight_layout()
     fig.savefig(path, dpi=110)

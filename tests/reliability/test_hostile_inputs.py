@@ -224,7 +224,8 @@ def test_every_case_is_named_for_the_parametrization() -> None:
 
 def test_server_memory_stays_bounded_after_every_hostile_input(served) -> None:
     service, _, rss = served
-    assert len(rss) > len(CASE_NAMES) // 2, "run with the hostile-input cases"
+    if len(rss) <= len(CASE_NAMES) // 2:
+        pytest.skip("measures what the hostile-input cases of this module left behind: run them first")
     # Generous: a 36-Mpixel decode holds ~110 MB of pixels; nothing may grow by gigabytes or keep growing.
     assert max(rss) - rss[0] < 768 * MIB, [round(r / MIB) for r in rss]
     assert rss[-1] < 1.5 * 2**30, [round(r / MIB) for r in rss]
