@@ -26,6 +26,11 @@ import tempfile
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    import onnx
+    import torch
 
 ROOT = Path(__file__).resolve().parents[1]
 REFERENCE_DIR = ROOT / "tests" / "fixtures" / "reference"
@@ -131,16 +136,57 @@ def _machine() -> dict[str, object]:
 
 
 def _export(variant: str, state_path: Path, path: Path) -> None:
-    """Export the optimised dynamic-batch file with the project's own exporter."""
+    """Export the optimised dynamic-batch file with the project's exporter (`trace_to_onnx`).
+
+    Where the exporter's service-side imports are missing (a bare torch + onnxruntime machine),
+    the same trace is made directly: `prepare_for_export`, opset 20, dynamic batch, optimize=True.
+    """
     import onnx
     import torch
 
-    from export.onnx_export import trace_to_onnx
     from model.transxnet import create_model
 
     net = create_model(variant)
     net.load_state_dict(torch.load(state_path, weights_only=True))
+    try:
+        from export.onnx_export import trace_to_onnx
+    except ImportError as exc:
+        print(f"export.onnx_export unavailable ({exc}); tracing directly", flush=True)
+        onnx.save(_trace_directly(net), str(path))
+        return
     onnx.save(trace_to_onnx(net), str(path))
+
+
+def _trace_directly(net: torch.nn.Module) -> onnx.ModelProto:
+    import torch
+
+    from export.optimize import prepare_for_export
+
+    class Head(torch.nn.Module):
+        def __init__(self, inner: torch.nn.Module) -> None:
+            super().__init__()
+            self.inner = inner
+
+        def forward(self, images: torch.Tensor) -> tuple[torch.Tensor, ...]:
+            stages = self.inner.forward_features(images)
+            pooled = self.inner.forward_head(stages[-1], pre_logits=True)
+            return (self.inner.classifier[2](pooled[:, :, None, None]).flatten(1), pooled, *stages)
+
+    example = torch.randn(2, 3, IMAGE_SIZE, IMAGE_SIZE)
+    with torch.no_grad():
+        program = torch.onnx.export(
+            Head(prepare_for_export(net)).eval(),
+            (example,),
+            dynamo=True,
+            input_names=["images"],
+            output_names=["logits", "pooled", "stage1", "stage2", "stage3", "stage4"],
+            dynamic_shapes={"images": {0: torch.export.Dim("batch", min=1, max=4096)}},
+            opset_version=20,
+            external_data=False,
+            optimize=True,
+            verbose=False,
+        )
+    return program.model_proto
 
 
 def _save_state(variant: str, random_init: bool, path: Path) -> None:
