@@ -420,7 +420,8 @@ def markdown(report: dict) -> str:
         f"# Service benchmark ({report['mode']})",
         "",
         f"{report['machine']['model']}: {report['machine']['cpus']} CPUs, {report['machine']['platform']}, "
-        f"load average before the run {report['machine']['loadavg_before']}. Model `{report['model']}`. "
+        f"load average before the run {report['machine']['loadavg_before']}, after "
+        f"{report['machine'].get('loadavg_after', '?')}. Model `{report['model']}`. "
         f"{report['requests_per_level']} one-JPEG multipart requests per level "
         "(at least 2x the concurrency), "
         f"corpus of {report['corpus']['images']} JPEGs ({report['corpus']['mean_kib']:.0f} KiB mean).",
@@ -609,6 +610,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         for name, env in SWEEP:
             spec = ServerSpec(name, "service", tuple(env.items()))
             report["sweep"].append(bench_server(spec, model, blobs, sweep_levels, requests, warmup))
+    # Other work starting mid-run shows here even when the machine was quiet at the start.
+    report["machine"]["loadavg_after"] = [round(x, 2) for x in os.getloadavg()]
     report["targets"] = evaluate_targets(report)
     report["litserve_config"] = LITSERVE_CONFIG
 
