@@ -81,6 +81,14 @@ class RequestTimeoutError(ServiceError):
     code = "timeout"
 
 
+class ClientDisconnectedError(ServiceError):
+    """The client went away before its images ran; they were dropped from the queue, not computed.
+    Nobody reads the response: the status (nginx's 499) exists for logs and metrics."""
+
+    status_code = 499
+    code = "client_closed_request"
+
+
 class InferenceError(ServiceError):
     """ONNX Runtime failed on the batch holding this request (logged once with its traceback)."""
 

@@ -4,6 +4,7 @@ hand it to route handlers."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -13,8 +14,8 @@ from typing import Annotated
 import numpy as np
 from fastapi import Depends, Request
 
-from app.batcher import Batcher
-from app.errors import NotReadyError
+from app.batcher import Batcher, ImageResult
+from app.errors import ClientDisconnectedError, NotReadyError
 from app.metrics import ServiceMetrics
 from app.preprocess import ImagePreprocessor
 from app.settings import Settings
@@ -68,6 +69,41 @@ class ServiceState:
             if isinstance(outcome, BaseException):
                 raise outcome
         return outcomes  # type: ignore[return-value]
+
+    async def infer(
+        self, request: Request, images: Sequence[np.ndarray], outputs: Sequence[str]
+    ) -> list[ImageResult]:
+        """Run a request's images through the batcher unless its client disconnects first.
+
+        uvicorn does not cancel a handler whose client went away, so the batcher's own cancellation
+        path (which drops queued images) needs this watch on the ASGI channel: the queued images of
+        an abandoned request are then never computed.
+        """
+        assert self.batcher is not None
+        work = asyncio.ensure_future(self.batcher.submit(images, outputs))
+        gone = asyncio.ensure_future(_client_disconnected(request))
+        try:
+            await asyncio.wait({work, gone}, return_when=asyncio.FIRST_COMPLETED)
+        except asyncio.CancelledError:
+            work.cancel()
+            raise
+        finally:
+            gone.cancel()
+        if not work.done():
+            work.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await work
+            logger.info("client disconnected: %d queued image(s) dropped", len(images))
+            raise ClientDisconnectedError("the client disconnected before its images ran")
+        return work.result()
+
+
+async def _client_disconnected(request: Request) -> None:
+    """Return once the ASGI server reports `http.disconnect` (the body has been read by then)."""
+    while True:
+        message = await request.receive()
+        if message["type"] == "http.disconnect":
+            return
 
 
 def get_service(request: Request) -> ServiceState:

@@ -48,7 +48,7 @@ async def classify(
         raise InvalidParameterError(f"top_k must be between 1 and {metadata.num_classes}, got {k}")
     blobs = await read_images(request, service.settings)
     images = await service.preprocess(blobs)
-    results = await service.batcher.submit(images, ["logits"])
+    results = await service.infer(request, images, ["logits"])
     return _json(classify_payload(results, metadata, k))
 
 
@@ -108,7 +108,7 @@ async def features(
     wants_npz = format == "npz" or (format is None and NPZ_MEDIA_TYPE in request.headers.get("accept", ""))
     blobs = await read_images(request, service.settings)
     images = await service.preprocess(blobs)
-    results = await service.batcher.submit(images, names)
+    results = await service.infer(request, images, names)
     if wants_npz:
         return Response(
             content=features_npz(results, names),

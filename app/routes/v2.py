@@ -287,7 +287,7 @@ async def _infer(request: Request, service: ServiceState, model_name: str, versi
     infer = parse_infer_request(body, request.headers.get(HEADER_LENGTH))
     requested = _requested_outputs(infer, model)
     images = await _images(service, model, infer)
-    results = await service.batcher.submit(images, [output.name for output in requested])
+    results = await service.infer(request, images, [output.name for output in requested])
 
     outputs = []
     for output in requested:
