@@ -77,7 +77,9 @@ def _read_pickle(path: Path) -> object:
                 "state_dict()) or convert it to .safetensors from a trusted environment."
             ) from exc
         raise CheckpointFormatError(f"{path} is not a PyTorch checkpoint: {exc}") from exc
-    except (RuntimeError, EOFError, OSError, ValueError, zipfile.BadZipFile, AttributeError) as exc:
+    except MemoryError:
+        raise
+    except Exception as exc:  # garbage makes the unpickler raise anything (KeyError, struct.error, ...)
         raise CheckpointFormatError(
             f"{path} is not a readable PyTorch checkpoint (corrupt, truncated or another kind of file): "
             f"{type(exc).__name__}: {exc}"

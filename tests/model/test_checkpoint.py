@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 import pickle
 from pathlib import Path
 
@@ -106,8 +105,9 @@ def test_checkpoint_for_another_image_size_resizes_position_tables(tmp_path, sta
 
 @pytest.mark.parametrize(
     "content",
-    [b"", b"not a checkpoint at all", os.urandom(4096), b"PK\x03\x04truncated zip"],
-    ids=["empty", "text", "random", "truncated-zip"],
+    [b"", b"not a checkpoint at all", b"PK\x03\x04truncated zip"]
+    + [np.random.default_rng(seed).bytes(4096) for seed in range(16)],
+    ids=["empty", "text", "truncated-zip"] + [f"random-{seed}" for seed in range(16)],
 )
 def test_corrupt_file_is_reported_as_such(tmp_path, content):
     path = tmp_path / "bad.pth.tar"
