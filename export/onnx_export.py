@@ -150,7 +150,40 @@ def trace_to_onnx(net: TransXNet, *, opset: int = DEFAULT_OPSET) -> onnx.ModelPr
         raise ExportError(f"tracing {net.variant} to ONNX failed: {type(exc).__name__}: {exc}") from exc
     if program is None:
         raise ExportError("torch.onnx.export returned no program")
-    return program.model_proto
+    model = program.model_proto
+    fold_constant_casts(model)
+    return model
+
+
+def fold_constant_casts(model: onnx.ModelProto) -> int:
+    """Replace each Cast of an initializer by the cast initializer; returns how many were folded.
+
+    The exporter leaves the IDConv's constant one-hot Toeplitz expanders as Cast(bool initializer);
+    folding them saves the casts at run time, and onnxconverter-common's float16 pass would otherwise
+    relabel their outputs float16 while leaving `to=FLOAT` (ORT then refuses the file).
+    """
+    inits = {init.name: init for init in model.graph.initializer}
+    consumers: dict[str, int] = {}
+    for node in model.graph.node:
+        for name in node.input:
+            consumers[name] = consumers.get(name, 0) + 1
+    graph_outputs = {o.name for o in model.graph.output}
+    folded = []
+    for node in model.graph.node:
+        if node.op_type != "Cast" or node.input[0] not in inits or node.output[0] in graph_outputs:
+            continue
+        to = next(a.i for a in node.attribute if a.name == "to")
+        value = onnx.numpy_helper.to_array(inits[node.input[0]])
+        cast = value.astype(onnx.helper.tensor_dtype_to_np_dtype(to))
+        model.graph.initializer.append(onnx.numpy_helper.from_array(cast, node.output[0]))
+        consumers[node.input[0]] -= 1
+        folded.append(node)
+    for node in folded:
+        model.graph.node.remove(node)
+    unused = [i for i in model.graph.initializer if consumers.get(i.name, 0) == 0 and i.name in inits]
+    for init in unused:
+        model.graph.initializer.remove(init)
+    return len(folded)
 
 
 def _detach_graph_outputs(model: onnx.ModelProto) -> None:
