@@ -126,7 +126,8 @@ def cuda_provider_options(*, device_id: int = 0) -> dict[str, str]:
 def session_options(
     *, intra_op_threads: int = 0, optimized_model_path: str | Path | None = None
 ) -> ort.SessionOptions:
-    """CPU-side session options: full graph optimisation, sequential execution, one inter-op thread.
+    """CPU-side session options: full graph optimisation, sequential execution, one inter-op thread,
+    no per-shape memory patterns.
 
     `intra_op_threads` 0 leaves ORT's default (one per physical core). The service runs one batch at
     a time, so parallel (inter-op) execution would only add thread contention.
@@ -138,6 +139,10 @@ def session_options(
     options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
     options.intra_op_num_threads = intra_op_threads
     options.inter_op_num_threads = 1
+    # The memory-pattern planner keeps one pre-planned block per distinct input shape, and a dynamic
+    # batcher feeds every batch size from 1 to max: measured on T, peak RSS after batch-16 runs drops
+    # from 1015 to 628 MiB without it (the arena still reuses buffers across runs).
+    options.enable_mem_pattern = False
     if optimized_model_path is not None:
         # Written once at session creation; for inspecting what ORT fused (e.g. in Netron).
         options.optimized_model_filepath = str(optimized_model_path)

@@ -174,6 +174,7 @@ def test_cuda_options_search_conv_algorithms_exhaustively() -> None:
 
 def test_session_options_set_threads_and_sequential_execution(tmp_path: Path) -> None:
     options = session_options(intra_op_threads=3, optimized_model_path=tmp_path / "opt.onnx")
+    assert options.enable_mem_pattern is False  # one block per batch size otherwise (see session_options)
     assert options.intra_op_num_threads == 3
     assert options.inter_op_num_threads == 1
     assert options.execution_mode == ort.ExecutionMode.ORT_SEQUENTIAL
