@@ -6,13 +6,7 @@
 # Settings: TRANSXNET_* variables (see README); TRANSXNET_CHECKPOINT=path|URL|pretrained picks the weights.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-venv=${TRANSXNET_VENV:-.venv}
-[ -x "$venv/bin/python" ] || "${PYTHON:-python3}" -m venv "$venv"
-py="$venv/bin/python"
-"$py" -m pip install --quiet --upgrade pip
-# Pin the CPU build first: a looser requirement can pull a multi-GB CUDA build.
-"$py" -m pip install --quiet "torch==2.13.0"
-"$py" -m pip install --quiet -e ".[export]"
+source scripts/_venv.sh "export"
 
 model=${TRANSXNET_MODEL_PATH:-models/transxnet_t.onnx}
 if [ ! -f "$model" ]; then
