@@ -85,45 +85,9 @@ def raw_request(port: int, blob: bytes) -> socket.socket:
     return sock
 
 
-def test_clients_that_hang_up_while_queued_leave_no_queued_work_or_connections(
+def test_clients_that_hang_up_while_queued_leave_no_work_or_connections_behind(
     reliability_fake_model,
 ) -> None:
-    delay_s = 1.0
-    blobs = distinct_images(5, seed=21)
-    with (
-        service_process(
-            reliability_fake_model,
-            helper_args=["--slow-s", str(delay_s)],
-            max_batch_size="1",
-            max_batch_delay_ms="0",
-        ) as service,
-        ThreadPoolExecutor(1) as pool,
-    ):
-        port = int(service.base.rsplit(":", 1)[1])
-        baseline = established_connections(service.pid, port)
-        running = pool.submit(post_image, service, blobs[0])
-        sockets = [raw_request(port, blob) for blob in blobs[1:4]]
-        service.wait_until(lambda: service.metric("transxnet_queue_depth") == 3, 10, "three requests queued")
-        for sock in sockets:  # hang up hard (RST), as a crashed or timed-out client does
-            sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
-            sock.close()
-
-        assert running.result(timeout=30).status_code == 200
-        # Whatever the server does with the abandoned requests, within the time it would take to
-        # compute them all the queue is empty and their connections are gone.
-        bound = 4 * delay_s + 10
-        service.wait_until(lambda: service.metric("transxnet_queue_depth") == 0, bound, "empty queue")
-        service.wait_until(
-            lambda: established_connections(service.pid, port) <= baseline,
-            bound,
-            "abandoned connections closed",
-        )
-        assert post_image(service, blobs[4]).status_code == 200
-        assert service.metric("transxnet_queue_depth") == 0
-        assert service.labelled_metric("transxnet_requests_total", status="500") == 0
-
-
-def test_images_of_clients_that_hung_up_while_queued_are_not_computed(reliability_fake_model) -> None:
     delay_s = 2.0  # room to queue and hang up three clients while the first batch computes
     blobs = distinct_images(5, seed=22)
     with (
@@ -136,6 +100,7 @@ def test_images_of_clients_that_hung_up_while_queued_are_not_computed(reliabilit
         ThreadPoolExecutor(1) as pool,
     ):
         port = int(service.base.rsplit(":", 1)[1])
+        baseline = established_connections(service.pid, port)
         running = pool.submit(post_image, service, blobs[0])
         # The queue-wait histogram is observed when a batch starts: from then on blobs[0] is computing
         # and everything sent next waits in the queue behind it.
@@ -144,14 +109,21 @@ def test_images_of_clients_that_hung_up_while_queued_are_not_computed(reliabilit
         )
         sockets = [raw_request(port, blob) for blob in blobs[1:4]]
         service.wait_until(lambda: service.metric("transxnet_queue_depth") == 3, 10, "three requests queued")
-        for sock in sockets:
+        for sock in sockets:  # hang up hard (RST), as a crashed or timed-out client does
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
             sock.close()
+
         assert running.result(timeout=30).status_code == 200
+        bound = 4 * delay_s + 10
+        service.wait_until(lambda: service.metric("transxnet_queue_depth") == 0, bound, "empty queue")
         service.wait_until(
-            lambda: service.metric("transxnet_queue_depth") == 0, 4 * delay_s + 10, "empty queue"
+            lambda: established_connections(service.pid, port) <= baseline,
+            bound,
+            "abandoned connections closed",
         )
         assert post_image(service, blobs[4]).status_code == 200
+        assert service.metric("transxnet_queue_depth") == 0
+        assert service.labelled_metric("transxnet_requests_total", status="500") == 0
         # Only the two requests whose clients waited were computed.
         assert service.metric("transxnet_images_processed_total") == 2
 
