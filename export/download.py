@@ -19,7 +19,8 @@ import tempfile
 import urllib.error
 import urllib.parse
 import urllib.request
-from pathlib import Path
+from dataclasses import dataclass
+from pathlib import Path, PurePosixPath
 from typing import BinaryIO
 
 from tqdm import tqdm
@@ -43,6 +44,19 @@ CACHE_ENV = "TRANSXNET_CACHE_DIR"
 
 _CHUNK = 1 << 20
 _TIMEOUT_S = 60.0
+
+
+@dataclass(frozen=True)
+class ResolvedCheckpoint:
+    """A checkpoint file on disk and the name the export's provenance records for it.
+
+    The two differ for downloads: the cached file carries a hash of its URL (so two sources sharing a
+    file name never collide), but that prefix is our cache layout, not the checkpoint's identity, so
+    provenance names the file as published. A local file is named by itself.
+    """
+
+    path: Path
+    name: str
 
 
 class CheckpointDownloadError(RuntimeError):
@@ -85,6 +99,12 @@ def default_cache_dir() -> Path:
     return Path(env).expanduser() if env else Path.home() / ".cache" / "transxnet"
 
 
+def url_file_name(url: str) -> str:
+    """The file name `url` publishes, for people to read: the last segment of its percent-decoded
+    path, never the query or fragment (they may carry signed tokens); "checkpoint" if there is none."""
+    return PurePosixPath(urllib.parse.unquote(urllib.parse.urlparse(url).path)).name or "checkpoint"
+
+
 def cached_path(url: str, cache_dir: Path) -> Path:
     """Cache location of `url`: the URL's file name behind a short hash of the whole URL, so two
     sources that happen to share a file name never answer for each other."""
@@ -95,25 +115,25 @@ def cached_path(url: str, cache_dir: Path) -> Path:
 
 def resolve_checkpoint(
     spec: str | None, *, variant: str, image_size: int, cache_dir: Path | None = None
-) -> Path | None:
-    """Turn the export's `--checkpoint` into a local file.
+) -> ResolvedCheckpoint | None:
+    """Turn the export's `--checkpoint` into a local file and the name its provenance records.
 
     None -> None (the caller does a seeded random init); "pretrained" -> the official release for
     (variant, image_size), downloaded; "http(s)://..." -> downloaded (or reused from the cache);
-    anything else is a local path that must exist.
+    anything else is a local path that must exist. Downloads are named by their URL's file name
+    (e.g. "transx-t.pth.tar"), not by the cache file's.
     """
     if spec is None:
         return None
-    if spec == PRETRAINED:
-        return download_checkpoint(pretrained_url(variant, image_size), cache_dir=cache_dir)
-    if urllib.parse.urlparse(spec).scheme in ("http", "https"):
-        return download_checkpoint(spec, cache_dir=cache_dir)
+    url = pretrained_url(variant, image_size) if spec == PRETRAINED else spec
+    if urllib.parse.urlparse(url).scheme in ("http", "https"):
+        return ResolvedCheckpoint(download_checkpoint(url, cache_dir=cache_dir), url_file_name(url))
     path = Path(spec).expanduser()
     if not path.is_file():
         raise FileNotFoundError(
             f"checkpoint not found: {path} (give an existing file, an http(s) URL, or '{PRETRAINED}')"
         )
-    return path
+    return ResolvedCheckpoint(path, path.name)
 
 
 def download_checkpoint(url: str, *, cache_dir: Path | None = None) -> Path:

@@ -23,6 +23,7 @@ import onnx
 import torch
 from torch import nn
 
+from export.download import ResolvedCheckpoint
 from export.optimize import prepare_for_export
 from model import create_model, resolve_variant
 from model.transxnet import VARIANTS, TransXNet
@@ -79,15 +80,17 @@ def file_sha256(path: Path) -> str:
 def build_model(
     variant: str,
     *,
-    checkpoint: Path | None,
+    checkpoint: ResolvedCheckpoint | None,
     image_size: int = 224,
     num_classes: int = 1000,
     seed: int = DEFAULT_SEED,
 ) -> tuple[TransXNet, str]:
     """Create the model and say where its weights come from ('file sha256:...' or 'random-init seed N').
 
-    Without a checkpoint the weights are a seeded random initialisation: deterministic, loudly logged,
-    and recorded in the file so a random model can never pass for a trained one.
+    'file' is `checkpoint.name` (for a download the URL's file name, not the cache file's), the hash
+    is of the bytes actually loaded. Without a checkpoint the weights are a seeded random
+    initialisation: deterministic, loudly logged, and recorded in the file so a random model can
+    never pass for a trained one.
     """
     if checkpoint is None:
         torch.manual_seed(seed)
@@ -99,8 +102,8 @@ def build_model(
             seed,
         )
         return net, f"random-init seed {seed}"
-    net = create_model(variant, checkpoint=checkpoint, image_size=image_size, num_classes=num_classes)
-    return net, f"{checkpoint.name} sha256:{file_sha256(checkpoint)}"
+    net = create_model(variant, checkpoint=checkpoint.path, image_size=image_size, num_classes=num_classes)
+    return net, f"{checkpoint.name} sha256:{file_sha256(checkpoint.path)}"
 
 
 def build_metadata(

@@ -18,6 +18,7 @@ from export.download import (
     canonical_variant,
     pretrained_url,
     resolve_checkpoint,
+    url_file_name,
 )
 
 #: Not a multiple of the download chunk size, so the last partial chunk is exercised too.
@@ -75,10 +76,12 @@ def test_none_means_random_init(tmp_path: Path) -> None:
     assert resolve_checkpoint(None, variant="t", image_size=224, cache_dir=tmp_path) is None
 
 
-def test_existing_local_path_is_returned_as_is(tmp_path: Path) -> None:
+def test_existing_local_path_is_used_in_place_and_named_by_its_file(tmp_path: Path) -> None:
     local = tmp_path / "mine.pth.tar"
     local.write_bytes(b"weights")
-    assert resolve_checkpoint(str(local), variant="t", image_size=224) == local
+    resolved = resolve_checkpoint(str(local), variant="t", image_size=224)
+    assert resolved is not None
+    assert (resolved.path, resolved.name) == (local, "mine.pth.tar")
 
 
 def test_missing_local_path_names_the_path(tmp_path: Path) -> None:
@@ -89,11 +92,36 @@ def test_missing_local_path_names_the_path(tmp_path: Path) -> None:
 
 def test_url_is_downloaded_with_identical_bytes(server: LoopbackServer, tmp_path: Path) -> None:
     url = f"{server.base_url}/v1/ok.pth.tar"
-    path = resolve_checkpoint(url, variant="t", image_size=224, cache_dir=tmp_path)
-    assert path is not None and path.is_relative_to(tmp_path)
-    assert path.name.endswith("ok.pth.tar")
-    assert hashlib.sha256(path.read_bytes()).digest() == hashlib.sha256(PAYLOAD).digest()
-    assert _files(tmp_path) == [path]  # no temporary file left behind
+    resolved = resolve_checkpoint(url, variant="t", image_size=224, cache_dir=tmp_path)
+    assert resolved is not None and resolved.path.is_relative_to(tmp_path)
+    assert resolved.path.name.endswith("ok.pth.tar")
+    assert hashlib.sha256(resolved.path.read_bytes()).digest() == hashlib.sha256(PAYLOAD).digest()
+    assert _files(tmp_path) == [resolved.path]  # no temporary file left behind
+
+
+def test_download_is_named_by_the_url_file_name_not_the_cache_file(
+    server: LoopbackServer, tmp_path: Path
+) -> None:
+    # what provenance records: the published name, decoded, without the (possibly secret) query
+    url = f"{server.base_url}/v1/my%20weights.pth.tar?token=secret"
+    resolved = resolve_checkpoint(url, variant="t", image_size=224, cache_dir=tmp_path)
+    assert resolved is not None
+    assert resolved.name == "my weights.pth.tar"
+    assert resolved.path.name != resolved.name  # the cache file has its URL-hash prefix
+    cached = resolve_checkpoint(url, variant="t", image_size=224, cache_dir=tmp_path)
+    assert cached == resolved  # a cache hit is named the same way
+
+
+@pytest.mark.parametrize(
+    ("url", "name"),
+    [
+        ("https://github.com/LMMMEng/TransXNet/releases/download/v1.0/transx-t.pth.tar", "transx-t.pth.tar"),
+        ("https://example.com/w/b%C3%A4r.pth?X-Amz-Signature=abc#frag", "b\u00e4r.pth"),
+        ("https://example.com/", "checkpoint"),
+    ],
+)
+def test_url_file_name(url: str, name: str) -> None:
+    assert url_file_name(url) == name
 
 
 def test_second_resolution_reuses_the_cache_without_a_request(server: LoopbackServer, tmp_path: Path) -> None:
@@ -150,8 +178,8 @@ def test_cache_dir_defaults_to_the_environment_variable(
     server: LoopbackServer, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setenv("TRANSXNET_CACHE_DIR", str(tmp_path / "env-cache"))
-    path = resolve_checkpoint(f"{server.base_url}/env.pth.tar", variant="t", image_size=224)
-    assert path is not None and path.is_relative_to(tmp_path / "env-cache")
+    resolved = resolve_checkpoint(f"{server.base_url}/env.pth.tar", variant="t", image_size=224)
+    assert resolved is not None and resolved.path.is_relative_to(tmp_path / "env-cache")
 
 
 @pytest.mark.parametrize(
@@ -187,7 +215,8 @@ def test_pretrained_downloads_through_the_url_table(
     table = {name: dict(sizes) for name, sizes in PRETRAINED_URLS.items()}
     table["transxnet_b"][384] = f"{server.base_url}/v1.0/transx-b-384.pth.tar"
     monkeypatch.setattr(download, "PRETRAINED_URLS", table)
-    path = resolve_checkpoint("pretrained", variant="b", image_size=384, cache_dir=tmp_path)
-    assert path is not None and path.read_bytes() == PAYLOAD
-    assert path.name.endswith("transx-b-384.pth.tar")
+    resolved = resolve_checkpoint("pretrained", variant="b", image_size=384, cache_dir=tmp_path)
+    assert resolved is not None and resolved.path.read_bytes() == PAYLOAD
+    assert resolved.name == "transx-b-384.pth.tar"  # the official release's name, for provenance
+    assert resolved.path.name != resolved.name
     assert "/v1.0/transx-b-384.pth.tar" in server.requests

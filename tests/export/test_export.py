@@ -4,13 +4,18 @@ that exercise the pipeline around it reuse the traced graph instead of tracing a
 
 from __future__ import annotations
 
+import functools
 import hashlib
+import shutil
+import threading
+from collections.abc import Iterator
+from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
 
 import numpy as np
 import onnx
 import pytest
 
-from export import pipeline
+from export import download, pipeline
 from export.__main__ import main as export_main
 from export.onnx_export import build_model, convert_to_fp16
 from export.verify import VerificationError, relative_error, verify_onnx
@@ -83,6 +88,44 @@ def test_metadata_round_trips_through_onnx_runtime(exported_t, session, referenc
     digest = hashlib.sha256(reference_checkpoint_t.read_bytes()).hexdigest()
     assert meta.weights == f"{reference_checkpoint_t.name} sha256:{digest}"
     assert meta.pretrained and meta.precision == "fp32"
+
+
+class _QuietHandler(SimpleHTTPRequestHandler):
+    def log_message(self, format: str, *args: object) -> None:
+        pass
+
+
+@pytest.fixture
+def release_server(tmp_path, reference_checkpoint_t) -> Iterator[str]:
+    """A loopback 'release' that serves the reference checkpoint as transx-t.pth.tar; yields its URL."""
+    root = tmp_path / "release"
+    (root / "v1.0").mkdir(parents=True)
+    shutil.copyfile(reference_checkpoint_t, root / "v1.0" / "transx-t.pth.tar")
+    httpd = ThreadingHTTPServer(("127.0.0.1", 0), functools.partial(_QuietHandler, directory=str(root)))
+    thread = threading.Thread(target=httpd.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{httpd.server_address[1]}/v1.0/transx-t.pth.tar"
+    finally:
+        httpd.shutdown()
+        httpd.server_close()
+
+
+def test_downloaded_checkpoint_records_the_release_name_not_the_cache_file(
+    traced_proto, release_server, reference_checkpoint_t, tmp_path, monkeypatch
+):
+    table = {name: dict(sizes) for name, sizes in download.PRETRAINED_URLS.items()}
+    table["transxnet_t"][224] = release_server
+    monkeypatch.setattr(download, "PRETRAINED_URLS", table)
+    out, cache = tmp_path / "t.onnx", tmp_path / "cache"
+    args = ["--variant", "t", "--checkpoint", "pretrained", "--cache-dir", str(cache), "--output", str(out)]
+    code = export_main([*args, "--no-verify", "-q"])
+    assert code == 0
+    (cached,) = (cache / "checkpoints").iterdir()
+    assert cached.name != "transx-t.pth.tar"  # the cache file is hash-prefixed ...
+    digest = hashlib.sha256(reference_checkpoint_t.read_bytes()).hexdigest()
+    meta = read_metadata(create_session(out, providers="cpu").session)
+    assert meta.weights == f"transx-t.pth.tar sha256:{digest}"  # ... provenance names the release
 
 
 def test_file_is_self_contained_and_passes_the_full_checker(exported_t_path):
