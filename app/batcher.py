@@ -3,7 +3,13 @@
 Requests arrive already preprocessed and are queued as per-image items. A collector task takes the
 oldest item, waits until the batch is full (`max_batch_size` images) or `max_batch_delay_ms` have
 passed since that item arrived, and runs the batch in ONE worker thread, so the event loop keeps
-answering (health checks, uploads, preprocessing hand-offs) while ONNX Runtime computes. Results go
+answering (health checks, uploads, preprocessing hand-offs) while ONNX Runtime computes.
+
+What the collector waits for is the `wait` policy. "always" waits the full delay for batch-mates
+(Triton's `max_queue_delay`). "incoming" (the default) waits only while images announced with
+`expecting()` are still being decoded: at low load nobody is on the way, so a lone image runs at
+once instead of idling for the delay, and under load the decoding requests still join the batch.
+Batches also form without any wait, from what queued up while the previous batch ran. Results go
 back to each request's future and a request split over several batches is reassembled in order.
 The loop follows LitServe's (monotonic deadline, collect until full or late, run, hand back).
 
@@ -20,10 +26,10 @@ import logging
 import math
 import time
 from collections import deque
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from typing import Protocol, runtime_checkable
+from typing import Literal, Protocol, get_args, runtime_checkable
 
 import numpy as np
 
@@ -33,6 +39,10 @@ logger = logging.getLogger(__name__)
 
 #: One image's outputs: output name -> array without the batch axis.
 ImageResult = dict[str, np.ndarray]
+
+#: What the first queued image waits for (see the module docstring).
+BatchWait = Literal["incoming", "always"]
+BATCH_WAITS: tuple[str, ...] = get_args(BatchWait)
 
 
 @runtime_checkable
@@ -85,6 +95,7 @@ class Batcher:
         max_batch_delay_ms: float,
         max_queue_size: int,
         request_timeout_s: float,
+        wait: BatchWait = "incoming",
         observer: BatchObserver | None = None,
     ) -> None:
         if not isinstance(runner, ModelRunner):
@@ -97,12 +108,16 @@ class Batcher:
             raise ValueError(f"max_queue_size must be >= 1 image, got {max_queue_size}")
         if not 0 < request_timeout_s < math.inf:
             raise ValueError(f"request_timeout_s must be a finite number > 0, got {request_timeout_s}")
+        if wait not in BATCH_WAITS:
+            raise ValueError(f"wait must be one of {BATCH_WAITS}, got {wait!r}")
         self.runner = runner
         self.max_batch_size = max_batch_size
         self.max_batch_delay_s = max_batch_delay_ms / 1000.0
         self.max_queue_size = max_queue_size
         self.request_timeout_s = request_timeout_s
+        self.wait = wait
         self._observer = observer
+        self._expected = 0  # images announced by expecting() and not yet submitted or abandoned
         self._queue: deque[_Item] = deque()
         self._requests: set[_Request] = set()
         self._arrived = asyncio.Event()
@@ -135,6 +150,21 @@ class Batcher:
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="inference")
         self._collector = asyncio.get_running_loop().create_task(self._collect(), name="batch-collector")
         self._accepting = True
+
+    @contextlib.contextmanager
+    def expecting(self, count: int) -> Iterator[None]:
+        """Announce `count` images that are being prepared for `submit` (decoding), for the duration
+        of the block. Under the "incoming" policy the collector waits for them, and only for them.
+
+        Call it from the event loop's thread, around the preprocessing that precedes `submit`.
+        """
+        if count < 0:
+            raise ValueError(f"count must be >= 0, got {count}")
+        self._expected += count
+        try:
+            yield
+        finally:
+            self._expected -= count
 
     def run_direct(self, batch: np.ndarray, outputs: Sequence[str]) -> dict[str, np.ndarray]:
         """Run the model synchronously, bypassing the queue (warm-up before the service is ready)."""
@@ -222,6 +252,8 @@ class Batcher:
             await self._arrived.wait()
         deadline = self._queue[0].enqueued + self.max_batch_delay_s
         while len(self._queue) < self.max_batch_size:
+            if self.wait == "incoming" and self._expected == 0:
+                break  # no batch-mate is on the way: waiting would only add latency
             remaining = deadline - time.monotonic()
             if remaining <= 0:
                 break

@@ -189,6 +189,7 @@ def create_app(settings: Settings | None = None, *, runner: RunnerOverride | Non
             _build_runner(onnx_runner, runner),
             max_batch_size=settings.max_batch_size,
             max_batch_delay_ms=settings.max_batch_delay_ms,
+            wait=settings.batch_wait,
             max_queue_size=settings.max_queue_size,
             request_timeout_s=settings.request_timeout_s,
             observer=metrics,

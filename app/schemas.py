@@ -110,6 +110,7 @@ class HealthResponse(BaseModel):
 class Limits(BaseModel):
     max_batch_size: int
     max_batch_delay_ms: float
+    batch_wait: str = Field(examples=["incoming"])
     max_queue_size: int
     max_images_per_request: int
     max_image_bytes: int
@@ -140,6 +141,7 @@ class ModelInfo(BaseModel):
                     "limits": {
                         "max_batch_size": 16,
                         "max_batch_delay_ms": 5.0,
+                        "batch_wait": "incoming",
                         "max_queue_size": 256,
                         "max_images_per_request": 32,
                         "max_image_bytes": 20971520,

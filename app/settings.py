@@ -41,6 +41,11 @@ class Settings(BaseSettings):
     max_batch_delay_ms: float = Field(
         5.0, ge=0, le=10_000, description="How long the first queued image waits for batch-mates."
     )
+    batch_wait: Literal["incoming", "always"] = Field(
+        "incoming",
+        description="incoming: the first queued image waits (up to max_batch_delay_ms) only for images "
+        "already being decoded, so a lone request never idles; always: it waits the full delay.",
+    )
     max_queue_size: int = Field(256, ge=1, description="Queued images before requests get 503.")
     request_timeout_s: float = Field(30.0, gt=0, description="Queue wait after which a request gets 504.")
 

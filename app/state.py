@@ -59,12 +59,14 @@ class ServiceState:
     async def preprocess(self, blobs: Sequence[bytes]) -> list[np.ndarray]:
         """Decode every image of a request in the preprocessing pool; the first failure (in request
         order) fails the whole request before any of its images is queued."""
-        assert self.pool is not None and self.preprocessor is not None
+        assert self.pool is not None and self.preprocessor is not None and self.batcher is not None
         loop = asyncio.get_running_loop()
-        outcomes = await asyncio.gather(
-            *(loop.run_in_executor(self.pool, self.preprocessor, blob) for blob in blobs),
-            return_exceptions=True,
-        )
+        # Announced to the batcher, which may hold a queued image back for these batch-mates.
+        with self.batcher.expecting(len(blobs)):
+            outcomes = await asyncio.gather(
+                *(loop.run_in_executor(self.pool, self.preprocessor, blob) for blob in blobs),
+                return_exceptions=True,
+            )
         for outcome in outcomes:
             if isinstance(outcome, BaseException):
                 raise outcome

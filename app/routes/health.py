@@ -86,6 +86,7 @@ async def models(service: Service) -> ModelInfo:
         limits=Limits(
             max_batch_size=settings.max_batch_size,
             max_batch_delay_ms=settings.max_batch_delay_ms,
+            batch_wait=settings.batch_wait,
             max_queue_size=settings.max_queue_size,
             max_images_per_request=settings.max_images_per_request,
             max_image_bytes=settings.max_image_bytes,

@@ -16,8 +16,15 @@ from tests.app.runners import RecordingRunner, image
 pytestmark = pytest.mark.anyio
 
 
-def make_batcher(runner: RecordingRunner, **overrides: float) -> Batcher:
-    options = {"max_batch_size": 8, "max_batch_delay_ms": 20, "max_queue_size": 64, "request_timeout_s": 10}
+def make_batcher(runner: RecordingRunner, **overrides: object) -> Batcher:
+    # "always" unless a test says otherwise: most tests here exercise the delay itself.
+    options = {
+        "max_batch_size": 8,
+        "max_batch_delay_ms": 20,
+        "max_queue_size": 64,
+        "request_timeout_s": 10,
+        "wait": "always",
+    }
     options.update(overrides)
     return Batcher(runner, **options)  # type: ignore[arg-type]
 
@@ -39,6 +46,7 @@ async def wait_until(predicate, timeout: float = 5.0) -> None:
         {"max_batch_delay_ms": float("inf")},
         {"max_queue_size": 0},
         {"request_timeout_s": 0},
+        {"wait": "sometimes"},
     ],
 )
 def test_invalid_batcher_settings_raise_value_error_naming_the_setting(overrides: dict) -> None:
@@ -64,6 +72,59 @@ async def test_concurrent_requests_share_batches_and_each_gets_its_own_result() 
     assert max(sizes) > 1
     assert all(size <= 8 for size in sizes)
     assert sorted(runner.images_seen) == [float(i) for i in range(20)]
+
+
+async def test_incoming_policy_runs_a_lone_image_without_waiting_out_the_delay() -> None:
+    runner = RecordingRunner()
+    batcher = make_batcher(runner, wait="incoming", max_batch_delay_ms=60_000)
+    batcher.start()
+    try:
+        # Under "always" this would idle for the whole minute; nothing else is on the way.
+        result = await asyncio.wait_for(batcher.submit([image(1)], ["id"]), timeout=10)
+    finally:
+        await batcher.stop()
+    assert float(result[0]["id"]) == 1.0
+    assert runner.batches == [[1.0]]
+
+
+async def test_incoming_policy_holds_a_queued_image_for_announced_batch_mates() -> None:
+    runner = RecordingRunner()
+    batcher = make_batcher(runner, wait="incoming", max_batch_delay_ms=60_000)
+    batcher.start()
+    try:
+        with batcher.expecting(2):  # as ServiceState.preprocess does while two images decode
+            first = asyncio.create_task(batcher.submit([image(1)], ["id"]))
+            await wait_until(lambda: batcher.queue_depth == 1)
+            await asyncio.sleep(0.1)
+            assert runner.calls_started == 0  # waiting for the two announced images
+        rest = asyncio.create_task(batcher.submit([image(2), image(3)], ["id"]))
+        results = await asyncio.wait_for(asyncio.gather(first, rest), timeout=5)
+    finally:
+        await batcher.stop()
+    assert [float(r["id"]) for r in results[0] + results[1]] == [1.0, 2.0, 3.0]
+    assert runner.batches == [[1.0, 2.0, 3.0]]
+
+
+async def test_incoming_policy_stops_waiting_at_the_delay_when_an_announced_image_never_comes() -> None:
+    runner = RecordingRunner()
+    batcher = make_batcher(runner, wait="incoming", max_batch_delay_ms=200)
+    batcher.start()
+    try:
+        with batcher.expecting(1):  # e.g. an image whose decoding fails
+            result = await asyncio.wait_for(batcher.submit([image(1)], ["id"]), timeout=10)
+    finally:
+        await batcher.stop()
+    assert float(result[0]["id"]) == 1.0
+    assert runner.batches == [[1.0]]
+
+
+def test_expecting_refuses_a_negative_count_and_restores_the_count_on_error() -> None:
+    batcher = make_batcher(RecordingRunner(), wait="incoming")
+    with pytest.raises(ValueError, match="count"), batcher.expecting(-1):
+        pass
+    with pytest.raises(RuntimeError), batcher.expecting(3):
+        raise RuntimeError("decode failed")
+    assert batcher._expected == 0
 
 
 async def test_multi_image_request_larger_than_max_batch_is_split_and_reassembled_in_order() -> None:

@@ -68,6 +68,38 @@ async def test_request_waiting_past_timeout_gets_504(fake_model_path) -> None:
         assert "transxnet_request_timeouts_total 2.0" in metrics
 
 
+async def test_incoming_batch_wait_runs_a_lone_request_at_once_and_keeps_a_request_in_one_batch(
+    fake_model_path,
+) -> None:
+    # A ten-second delay: only the "incoming" policy (the default) lets these finish promptly.
+    settings = make_settings(fake_model_path, max_batch_delay_ms=10_000)
+    async with running_app(settings) as client:
+        batcher = client.app.state.service.batcher
+        before = batcher.batches_run
+        single = await asyncio.wait_for(client.post("/classify", content=encoded_image(1), headers=PNG), 10)
+        assert single.status_code == 200
+        files = [("files", (f"{i}.png", encoded_image(i), "image/png")) for i in range(3)]
+        multi = await asyncio.wait_for(client.post("/classify", files=files), 10)
+        assert multi.status_code == 200
+        assert len(multi.json()["results"]) == 3
+        assert (batcher.batches_run - before, batcher.images_run) == (2, 4)
+        assert (await client.get("/v1/models")).json()["limits"]["batch_wait"] == "incoming"
+
+
+async def test_always_batch_wait_holds_a_lone_request_until_the_batch_fills(fake_model_path) -> None:
+    settings = make_settings(fake_model_path, max_batch_delay_ms=10_000, batch_wait="always")
+    async with running_app(settings) as client:
+        batcher = client.app.state.service.batcher
+        first = classify(client, 1)
+        await wait_until(lambda: batcher.queue_depth == 1)
+        await asyncio.sleep(0.3)
+        assert not first.done() and batcher.batches_run == 0
+        rest = [classify(client, seed) for seed in range(2, 2 + settings.max_batch_size - 1)]
+        responses = await asyncio.wait_for(asyncio.gather(first, *rest), 10)
+        assert [r.status_code for r in responses] == [200] * settings.max_batch_size
+        assert batcher.batches_run == 1
+
+
 async def test_inference_error_fails_its_batch_and_the_next_request_succeeds(fake_model_path, caplog) -> None:
     caplog.set_level(logging.ERROR)
     async with running_app(make_settings(fake_model_path), FailingRunner) as client:

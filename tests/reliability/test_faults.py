@@ -35,8 +35,9 @@ def post_image(service: ServiceProcess, blob: bytes) -> httpx.Response:
 
 
 def test_an_inference_error_fails_only_the_requests_in_its_batch(reliability_fake_model) -> None:
-    # Batches of exactly 4: the collector waits (up to 3 s) for 4 images, so 8 concurrent
-    # requests form two batches; the first one raises after its delay, the second is computed.
+    # Batches of exactly 4: the collector waits (up to 3 s, whether or not more images are being
+    # decoded) for 4 images, so 8 concurrent requests form two batches; the first one raises after
+    # its delay, the second is computed.
     reference = OfflineReference(reliability_fake_model)
     blobs = distinct_images(8, seed=11)
     with (
@@ -45,6 +46,7 @@ def test_an_inference_error_fails_only_the_requests_in_its_batch(reliability_fak
             helper_args=["--slow-s", "0.5", "--fail-batches", "1"],
             max_batch_size="4",
             max_batch_delay_ms="3000",
+            batch_wait="always",
         ) as service,
         ThreadPoolExecutor(8) as pool,
     ):
