@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import string
 from typing import Annotated, Literal
+from urllib.parse import quote
 
 from fastapi import APIRouter, Query, Request, Response
 
@@ -19,6 +21,16 @@ router = APIRouter(tags=["inference"])
 FEATURE_OUTPUTS = ("pooled", *STAGE_OUTPUTS)
 NPZ_MEDIA_TYPE = "application/x-npz"
 DEFAULT_TOP_K = 5
+
+
+#: Printable ASCII except '%' passes through a header value as is; everything else is escaped.
+_HEADER_SAFE = string.ascii_letters + string.digits + string.punctuation.replace("%", "") + " "
+
+
+def _header_value(value: str) -> str:
+    """Percent-encode what HTTP/1.1 headers cannot carry (a checkpoint named in UTF-8, control
+    characters): Starlette encodes headers as latin-1 and would fail every such response with 500."""
+    return quote(value, safe=_HEADER_SAFE)
 
 
 def _json(payload: dict) -> Response:
@@ -113,6 +125,9 @@ async def features(
         return Response(
             content=features_npz(results, names),
             media_type=NPZ_MEDIA_TYPE,
-            headers={"X-Model": metadata.variant, "X-Weights": metadata.weights},
+            headers={
+                "X-Model": _header_value(metadata.variant),
+                "X-Weights": _header_value(metadata.weights),
+            },
         )
     return _json(features_payload(results, metadata, names))

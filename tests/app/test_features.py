@@ -7,6 +7,7 @@ import io
 import numpy as np
 import pytest
 
+from tests.app.conftest import make_settings, running_app
 from tests.app.fake_model import STAGE_CHANNELS
 from tests.app.images import encoded_image
 
@@ -77,3 +78,16 @@ async def test_unknown_output_or_format_is_422(client, params) -> None:
     response = await client.post("/features", params=params, content=encoded_image(1), headers=PNG)
     assert response.status_code == 422
     assert response.json()["error"]["code"] == "invalid_parameter"
+
+
+async def test_npz_headers_escape_provenance_that_http_cannot_carry(fake_model_path) -> None:
+    # A checkpoint file named in UTF-8 (or with a newline) must not turn every npz response into 500.
+    async with running_app(make_settings(fake_model_path)) as client:
+        service = client.app.state.service
+        service.metadata = service.metadata.model_copy(update={"weights": "poids\u2713\n.pth.tar sha256:ab"})
+        png = {"content-type": "image/png"}
+        params = {"format": "npz"}
+        response = await client.post("/features", params=params, content=encoded_image(1), headers=png)
+    assert response.status_code == 200, response.text
+    assert response.headers["x-weights"] == "poids%E2%9C%93%0A.pth.tar sha256:ab"
+    assert response.headers["x-model"] == "transxnet_fake"
