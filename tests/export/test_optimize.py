@@ -83,6 +83,13 @@ def test_msffn_affines_are_folded(prepared_model: nn.Module) -> None:
         assert not block.norm2.affine
 
 
+def test_msffn_depthwise_convs_are_one_conv_with_the_largest_kernel(prepared_model: nn.Module) -> None:
+    for block in (m for m in prepared_model.modules() if isinstance(m, Block)):
+        convs = [m for m in block.mlp.modules() if isinstance(m, nn.Conv2d) and m.groups > 1]
+        assert len(convs) == 1
+        assert convs[0].kernel_size == (7, 7) and convs[0].groups == convs[0].in_channels
+
+
 def test_ste_batchnorms_are_folded(prepared_model: nn.Module) -> None:
     for block in (m for m in prepared_model.modules() if isinstance(m, Block)):
         assert not any(isinstance(m, nn.BatchNorm2d) for m in block.token_mixer.proj)

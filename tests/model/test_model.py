@@ -10,6 +10,8 @@ from model import VARIANTS, create_model, resolve_variant
 from model.transxnet import (
     dynamic_depthwise_conv_export,
     dynamic_depthwise_conv_grouped,
+    mix_groups_export,
+    mix_groups_softmax,
     relative_pos_enc_shapes,
 )
 from tests.conftest import REFERENCE
@@ -137,6 +139,19 @@ def test_exportable_idconv_equals_grouped(shape):
     exported = dynamic_depthwise_conv_export(x, weight, bias)
     assert exported.shape == grouped.shape
     assert rel(exported, grouped) <= 1e-6
+
+
+@pytest.mark.parametrize("groups", [2, 3, 4])
+@pytest.mark.parametrize("magnitude", [1.0, 1000.0])
+def test_export_group_mix_equals_softmax_mix(groups, magnitude):
+    # S and B use 3 and 4 groups; large logits would overflow an exp without the max subtraction.
+    g = torch.Generator().manual_seed(groups)
+    logits = torch.randn(3, groups, 24, 7, 7, generator=g) * magnitude
+    values = torch.randn(groups, 24, 7, 7, generator=g)
+    reference = mix_groups_softmax(logits, values)
+    mixed = mix_groups_export(logits, values)
+    assert torch.isfinite(mixed).all()
+    assert rel(mixed, reference) <= 1e-6
 
 
 def test_set_dynamic_conv_impl_rejects_unknown():
