@@ -63,8 +63,10 @@ def dynamic_depthwise_conv_export(x: torch.Tensor, weight: torch.Tensor, bias: t
 
     Each output row is a sum over the K kernel rows of (input row band) @ (banded Toeplitz matrix
     built from that kernel row); stacking the K bands turns the whole conv into one batched MatMul
-    per (sample, channel): (H, K*(W+2p)) @ (K*(W+2p), W). Dense GEMMs with computed operands are
-    what ONNX Runtime runs fast, unlike a grouped Conv with computed weights (im2col per group).
+    per (sample, channel): (H, K*W) @ (K*W, W). Dense GEMMs with computed operands are what ONNX
+    Runtime runs fast, unlike a grouped Conv with computed weights (im2col per group). Only the rows
+    are zero-padded: the column padding is folded into the Toeplitz matrices (their band is cut at
+    the edges), which saves (W+2p)/W of the GEMM and of the bands, 30-46% at stages 3-4.
 
     The Toeplitz matrices are expanded from the kernel by a MatMul with a constant 0/1 matrix rather
     than by indexing: ONNX Runtime runs that small GEMM several times faster than the GatherND and
@@ -74,19 +76,18 @@ def dynamic_depthwise_conv_export(x: torch.Tensor, weight: torch.Tensor, bias: t
     b, c, h, w = x.shape
     k = weight.shape[-1]
     p = k // 2
-    wp = w + 2 * p
-    xp = F.pad(x, (p, p, p, p))
-    # (B, C, H, K*Wp): the K row-shifted bands side by side.
+    xp = F.pad(x, (0, 0, p, p))
+    # (B, C, H, K*W): the K row-shifted bands side by side.
     bands = torch.cat([xp[:, :, i : i + h, :] for i in range(k)], dim=-1)
-    # expand[j, u, v] = 1 where u - v == j, so (weight @ expand)[..., i, u, v] = weight[..., i, u - v]
-    # inside the band and 0 outside it: the Toeplitz matrix of kernel row i. Shapes are static, so
-    # the exporter stores `expand` as a constant.
-    u = torch.arange(wp, device=x.device).view(1, wp, 1)
+    # expand[j, u, v] = 1 where u - v + p == j, so (weight @ expand)[..., i, u, v] = weight[..., i, u - v + p]
+    # inside the band and 0 outside it (and past the image edges): the Toeplitz matrix of kernel
+    # row i. Shapes are static, so the exporter stores `expand` as a constant.
+    u = torch.arange(w, device=x.device).view(1, w, 1)
     v = torch.arange(w, device=x.device).view(1, 1, w)
     j = torch.arange(k, device=x.device).view(k, 1, 1)
-    expand = (u - v == j).to(x.dtype).reshape(k, wp * w)
-    toeplitz = torch.matmul(weight, expand)  # (B, C, K, Wp*W)
-    out = torch.matmul(bands, toeplitz.reshape(b, c, k * wp, w))
+    expand = (u - v + p == j).to(x.dtype).reshape(k, w * w)
+    toeplitz = torch.matmul(weight, expand)  # (B, C, K, W*W)
+    out = torch.matmul(bands, toeplitz.reshape(b, c, k * w, w))
     return out + bias.reshape(b, c, 1, 1)
 
 
