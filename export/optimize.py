@@ -7,8 +7,8 @@ an NCHWc depthwise 1x1 Conv), and so does LayerScale (a grouped 1x1 Conv). Foldi
 float64, into the 1x1 convs that follow them removes those passes without changing the function:
 
 - MS-FFN: `norm` (BN), `fc2`'s BN and `layer_scale_2` fold into the `fc2` conv; `norm2`'s affine
-  folds into `fc1`; `fc1`'s BN and the depthwise residual fold into the multi-scale depthwise convs
-  plus a constant per-position offset (see `FoldedMSFFN`).
+  folds into `fc1`; the depthwise residual folds into the depthwise kernels, and the four
+  multi-scale depthwise convs become one (see `FoldedMSFFN`, also for why `fc1`'s BN stays).
 - STE (`DMixer.proj`): the BNs after each GELU fold into the next 1x1 conv, the last BN into the
   conv before it.
 
@@ -80,22 +80,21 @@ def _fold_output_affine(conv: nn.Conv2d, scale: torch.Tensor, shift: torch.Tenso
 # MS-FFN
 # --------------------------------------------------------------------------------------------------
 class FoldedMSFFN(nn.Module):
-    """MS-FFN with its affine layers folded, for one static spatial size.
+    """MS-FFN with its affine layers folded and its depthwise convs merged.
 
     The original computes, with z = BN1(GELU(fc1(x))),
         fc2_bn(fc2(norm(GELU(dwconv(z) + z))))
     and the block then applies LayerScale. Here:
     - `fc1` carries the preceding GroupNorm's affine (exact: it is an unpadded 1x1 conv);
-    - BN1 (z = a*y + b) and the residual `+ z` fold into the depthwise convs: the residual is a
-      1 added to each kernel's centre tap, `a` scales the kernels, and the shift `b` becomes a
-      constant map `offset` = conv biases + b * (sum of the kernel taps that land inside the image
-      at each position). The map is not uniform because the convs zero-pad *after* BN1, which is
-      why BN1 cannot fold into the kernels' bias; it depends only on the spatial size, so it is
-      computed once here and the module refuses any other size.
-    - `norm`, fc2's BN and LayerScale fold into `fc2` (exact: an unpadded 1x1 conv).
-    - The four depthwise convs (kernels 1/3/5/7 over channel chunks) become one depthwise conv with
+    - BN1 stays a per-channel affine, as a depthwise 1x1 conv (`affine`): it cannot fold into the
+      depthwise convs after it, which zero-pad *after* BN1 (a folded shift would need a constant
+      per-position map, and adding a constant map forces ONNX Runtime out of its blocked NCHWc
+      layout and back: two reorders per block where this is one pass in that layout);
+    - the residual `+ z` is a 1 added to each depthwise kernel's centre tap;
+    - the four depthwise convs (kernels 1/3/5/7 over channel chunks) become one depthwise conv with
       the largest kernel, the smaller kernels zero-padded at its centre: the same taps, and no
-      Split/Concat around them (ORT: ~2.7 ms less per T image at batch 1).
+      Split/Concat around them;
+    - `norm`, fc2's BN and LayerScale fold into `fc2` (exact: an unpadded 1x1 conv).
     """
 
     def __init__(
@@ -103,53 +102,43 @@ class FoldedMSFFN(nn.Module):
         mlp: MSFFN,
         input_affine: tuple[torch.Tensor, torch.Tensor] | None,
         output_affine: tuple[torch.Tensor, torch.Tensor] | None,
-        spatial_size: tuple[int, int],
     ) -> None:
         super().__init__()
         fc1 = mlp.fc1[0]
+        dtype = fc1.weight.dtype
         self.fc1 = fc1 if input_affine is None else _fold_input_affine(fc1, *input_affine)
         self.act1 = nn.GELU()
         scale, shift = _bn_affine(mlp.fc1[2])
-        channels = list(mlp.dwconv.channels)
+        dim = scale.numel()
+        self.affine = nn.Conv2d(dim, dim, 1, groups=dim)
+        self.affine.weight = nn.Parameter(scale.view(-1, 1, 1, 1).to(dtype), requires_grad=False)
+        self.affine.bias = nn.Parameter(shift.to(dtype), requires_grad=False)
         size = max(conv.kernel_size[0] for conv in mlp.dwconv.proj)
-        kernels = []
-        offsets = []
-        start = 0
-        height, width = spatial_size
-        for conv, chans in zip(mlp.dwconv.proj, channels, strict=True):
+        kernels, biases = [], []
+        for conv in mlp.dwconv.proj:
             weight, bias = _conv_params(conv)
             k = weight.shape[-1]
             if (size - k) % 2:
                 raise ValueError(f"cannot centre a {k}x{k} kernel in {size}x{size}: scales must be odd")
             weight = weight.clone()
             weight[:, 0, k // 2, k // 2] += 1.0  # the residual `+ z`
-            a, b = scale[start : start + chans], shift[start : start + chans]
-            start += chans
-            # Constant part: conv of (b inside the image, 0 in the padding) plus the conv bias.
-            inside = b.view(1, -1, 1, 1).expand(1, chans, height, width)
-            offsets.append(F.conv2d(inside, weight, bias, padding=k // 2, groups=chans))
             border = (size - k) // 2
-            kernels.append(F.pad(weight * a.view(-1, 1, 1, 1), (border, border, border, border)))
-        dim = sum(channels)
-        self.dwconv = nn.Conv2d(dim, dim, size, padding=size // 2, groups=dim, bias=False)
-        self.dwconv.weight = nn.Parameter(torch.cat(kernels).to(fc1.weight.dtype), requires_grad=False)
-        self.register_buffer("offset", torch.cat(offsets, dim=1).to(fc1.weight.dtype), persistent=False)
+            kernels.append(F.pad(weight, (border, border, border, border)))
+            biases.append(bias)
+        self.dwconv = nn.Conv2d(dim, dim, size, padding=size // 2, groups=dim)
+        self.dwconv.weight = nn.Parameter(torch.cat(kernels).to(dtype), requires_grad=False)
+        self.dwconv.bias = nn.Parameter(torch.cat(biases).to(dtype), requires_grad=False)
         self.act2 = nn.GELU()
         fc2 = _fold_input_affine(mlp.fc2[0], *_bn_affine(mlp.norm))
         fc2 = _fold_output_affine(fc2, *_bn_affine(mlp.fc2[1]))
         self.fc2 = fc2 if output_affine is None else _fold_output_affine(fc2, *output_affine)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if tuple(x.shape[-2:]) != tuple(self.offset.shape[-2:]):
-            raise ValueError(
-                f"FoldedMSFFN was prepared for {tuple(self.offset.shape[-2:])} inputs, "
-                f"got {tuple(x.shape[-2:])}"
-            )
-        y = self.dwconv(self.act1(self.fc1(x)))
-        return self.fc2(self.act2(y + self.offset))
+        y = self.dwconv(self.affine(self.act1(self.fc1(x))))
+        return self.fc2(self.act2(y))
 
 
-def _fold_msffn(block: Block, spatial_size: tuple[int, int]) -> None:
+def _fold_msffn(block: Block) -> None:
     """Swap `block.mlp` for `FoldedMSFFN`; `norm2` loses its affine, `layer_scale_2` becomes Identity."""
     norm2 = block.norm2
     input_affine = None
@@ -158,7 +147,7 @@ def _fold_msffn(block: Block, spatial_size: tuple[int, int]) -> None:
         block.norm2 = nn.GroupNorm(norm2.num_groups, norm2.num_channels, eps=norm2.eps, affine=False)
     ls = block.layer_scale_2
     output_affine = (ls.weight.detach().double().flatten(), ls.bias.detach().double())
-    block.mlp = FoldedMSFFN(block.mlp, input_affine, output_affine, spatial_size)
+    block.mlp = FoldedMSFFN(block.mlp, input_affine, output_affine)
     block.layer_scale_2 = nn.Identity()
 
 
@@ -183,36 +172,18 @@ def _fold_ste(mixer: DMixer) -> None:
 # --------------------------------------------------------------------------------------------------
 # Entry point
 # --------------------------------------------------------------------------------------------------
-def _block_input_sizes(model: TransXNet) -> dict[Block, tuple[int, int]]:
-    """Spatial size each block sees at the model's `image_size` (one dummy forward)."""
-    sizes: dict[Block, tuple[int, int]] = {}
-
-    def record(module: nn.Module, args: tuple[torch.Tensor, ...]) -> None:
-        sizes.setdefault(module, (int(args[0].shape[-2]), int(args[0].shape[-1])))  # type: ignore[arg-type]
-
-    hooks = [block.register_forward_pre_hook(record) for block in model.modules() if isinstance(block, Block)]
-    try:
-        with torch.no_grad():
-            model(torch.zeros(1, 3, model.image_size, model.image_size))
-    finally:
-        for hook in hooks:
-            hook.remove()
-    return sizes
-
-
 def prepare_for_export(model: TransXNet) -> nn.Module:
-    """Return an eval-mode copy of `model` ready to trace with a dynamic batch at `model.image_size`.
+    """Return an eval-mode copy of `model` ready to trace with a dynamic batch.
 
     IDConv switches to its batch-independent formulation (ONNX `Conv.group` is static), and the
     affine layers that ONNX Runtime cannot fuse are folded (module docstring). The copy computes the
-    same function as `model` for `image_size` x `image_size` inputs; other sizes raise.
+    same function as `model`, at any input size.
     """
     prepared = copy.deepcopy(model).eval()
     prepared.set_dynamic_conv_impl("export")
-    sizes = _block_input_sizes(prepared)
     with torch.no_grad():
-        for block, size in sizes.items():
+        for block in (m for m in prepared.modules() if isinstance(m, Block)):
             _fold_ste(block.token_mixer)
             if isinstance(block.mlp, MSFFN) and isinstance(block.mlp.dwconv, MultiScaleDWConv):
-                _fold_msffn(block, size)
+                _fold_msffn(block)
     return prepared
