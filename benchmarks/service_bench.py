@@ -298,13 +298,21 @@ def _level(server: dict, concurrency: int) -> dict | None:
     return next((row for row in server["levels"] if row["concurrency"] == concurrency), None)
 
 
+def _server(report: dict, name: str) -> dict | None:
+    return next((server for server in report["servers"] if server["name"] == name), None)
+
+
+def _best_batch(report: dict) -> tuple[str, dict]:
+    """(batch size, its ceiling row) where raw ORT had the highest throughput."""
+    return max(report["ceiling"]["batch_sizes"].items(), key=lambda item: item[1]["images_per_s"])
+
+
 def evaluate_targets(report: dict) -> list[dict]:
     """The four targets of the issue, each with the numbers it compares."""
-    servers = {s["name"]: s for s in report["servers"]}
     ceiling = report["ceiling"]["batch_sizes"]
-    best_bs, best = max(ceiling.items(), key=lambda item: item[1]["images_per_s"])
+    best_bs, best = _best_batch(report)
     targets = []
-    service = servers.get("service")
+    service = _server(report, "service")
     if service is None:
         return targets
     c16 = _level(service, 16)
@@ -329,7 +337,7 @@ def evaluate_targets(report: dict) -> list[dict]:
                 "met": c1["p50_ms"] <= model_ms + 10,
             }
         )
-    lit = servers.get("litserve")
+    lit = _server(report, "litserve")
     if c16 and lit and _level(lit, 16):
         l16 = _level(lit, 16)
         assert l16 is not None
@@ -356,7 +364,7 @@ def evaluate_targets(report: dict) -> list[dict]:
 
 def time_breakdown(report: dict) -> list[str]:
     """Where a request's time goes, from the service's histograms and the micro-measurement."""
-    service = next((s for s in report["servers"] if s["name"] == "service"), None)
+    service = _server(report, "service")
     if service is None:
         return []
     pre = report["preprocessing_ms_per_image"]
@@ -380,13 +388,12 @@ def time_breakdown(report: dict) -> list[str]:
 
 def bounds_text(report: dict) -> list[str]:
     """What limits throughput, read off the numbers (not asserted: printed for the reader)."""
-    service = next((s for s in report["servers"] if s["name"] == "service"), None)
+    service = _server(report, "service")
     if service is None:
         return []
     pre = report["preprocessing_ms_per_image"]
     pre_ms = pre["decode"] + pre["resize_crop"] + pre["normalize"] + pre["serialize"]
-    ceiling = report["ceiling"]["batch_sizes"]
-    best_bs, best = max(ceiling.items(), key=lambda item: item[1]["images_per_s"])
+    best_bs, best = _best_batch(report)
     model_ms = 1000.0 / best["images_per_s"]
     cores = report["machine"]["cpus"]
     serial = 1000.0 / (model_ms + pre_ms)
