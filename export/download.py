@@ -107,7 +107,9 @@ def url_file_name(url: str) -> str:
 
 def cached_path(url: str, cache_dir: Path) -> Path:
     """Cache location of `url`: the URL's file name behind a short hash of the whole URL, so two
-    sources that happen to share a file name never answer for each other."""
+    sources that happen to share a file name never answer for each other. The name stays as it is
+    in the URL, not decoded like `url_file_name`'s: decoding could put a NUL byte or a backslash
+    into a file name."""
     name = Path(urllib.parse.urlparse(url).path).name or "checkpoint"
     digest = hashlib.sha256(url.encode()).hexdigest()[:10]
     return cache_dir / "checkpoints" / f"{digest}-{name}"

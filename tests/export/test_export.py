@@ -19,7 +19,7 @@ from export import download, pipeline
 from export.__main__ import main as export_main
 from export.onnx_export import build_model, convert_to_fp16
 from export.verify import VerificationError, relative_error, verify_onnx
-from model import create_model
+from model import VARIANTS, create_model
 from runtime.metadata import INPUT_NAME, OUTPUT_NAMES
 from runtime.session import create_session, read_metadata
 
@@ -147,7 +147,7 @@ def test_graph_avoids_the_op_patterns_onnx_runtime_runs_slowly(exported_t_path):
     assert softmax_axes and all(axis == -1 for axis in softmax_axes), softmax_axes  # attention only
     convs = {node.input[1]: node for node in graph.node if node.op_type == "Conv"}
     msffn = [name for name in convs if ".mlp.dwconv" in name]
-    blocks = sum(create_model("t").config.layers)
+    blocks = sum(VARIANTS["transxnet_t"].layers)
     assert len(msffn) == blocks, msffn  # one depthwise conv per MS-FFN
     assert all(name.endswith(".mlp.dwconv.weight") for name in msffn), msffn
     for name in msffn:
