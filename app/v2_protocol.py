@@ -83,7 +83,7 @@ class UnsupportedFeatureError(ServiceError):
 def protocol_status(status_code: int) -> int:
     """Triton's mapping of the service's statuses: 404, 405, 501 and 500 stay; unavailable, queue full
     and queue timeout are 503; every other client error (413, 415, 422, ...) is 400."""
-    if status_code in (404, 405, 501) or status_code == 500:
+    if status_code in (404, 405, 500, 501):
         return status_code
     if status_code in (503, 504):
         return 503
