@@ -77,8 +77,10 @@ def dynamic_depthwise_conv_export(x: torch.Tensor, weight: torch.Tensor, bias: t
     k = weight.shape[-1]
     p = k // 2
     xp = F.pad(x, (0, 0, p, p))
-    # (B, C, H, K*W): the K row-shifted bands side by side.
-    bands = torch.cat([xp[:, :, i : i + h, :] for i in range(k)], dim=-1)
+    # (B, C, H, K*W): the K row-shifted bands side by side, gathered in one pass (row h of band i is
+    # padded row h + i); K Slices and a Concat would copy them twice.
+    rows = (torch.arange(h, device=x.device).view(h, 1) + torch.arange(k, device=x.device)).flatten()
+    bands = torch.index_select(xp, 2, rows).reshape(b, c, h, k * w)
     # expand[j, u, v] = 1 where u - v + p == j, so (weight @ expand)[..., i, u, v] = weight[..., i, u - v + p]
     # inside the band and 0 outside it (and past the image edges): the Toeplitz matrix of kernel
     # row i. Shapes are static, so the exporter stores `expand` as a constant.
@@ -192,7 +194,7 @@ class OSRA(nn.Module):
         kv = self.local_conv(kv) + kv
         k, v = torch.chunk(self.kv(kv), chunks=2, dim=1)
         k = k.reshape(b, heads, c // heads, -1)
-        v = v.reshape(b, heads, c // heads, -1).transpose(-1, -2)
+        v = v.reshape(b, heads, c // heads, -1)
         attn = (q @ k) * self.scale
         if relative_pos_enc is not None:
             if attn.shape[2:] != relative_pos_enc.shape[2:]:
@@ -201,7 +203,9 @@ class OSRA(nn.Module):
                 )
             attn = attn + relative_pos_enc
         attn = torch.softmax(attn, dim=-1)
-        return (attn @ v).transpose(-1, -2).reshape(b, c, h, w)
+        # (attn @ v^T)^T written as v @ attn^T: the result comes out channels-first, so no transposed
+        # copy of it is made (ONNX Runtime folds the transposed operand into its GEMM instead).
+        return (v @ attn.transpose(-1, -2)).reshape(b, c, h, w)
 
 
 class IDConv(nn.Module):

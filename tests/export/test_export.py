@@ -8,11 +8,13 @@ import functools
 import hashlib
 import shutil
 import threading
+from collections import Counter
 from collections.abc import Iterator
 from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
 
 import numpy as np
 import onnx
+import onnxruntime as ort
 import pytest
 
 from export import download, pipeline
@@ -135,10 +137,20 @@ def test_file_is_self_contained_and_passes_the_full_checker(exported_t_path):
     onnx.checker.check_model(str(exported_t_path), full_check=True)
 
 
-def test_graph_avoids_the_op_patterns_onnx_runtime_runs_slowly(exported_t_path):
+def test_graph_avoids_the_op_patterns_onnx_runtime_runs_slowly(exported_t_path, tmp_path):
     """The rewrites that make the file fast must survive tracing: no Softmax over a non-last axis
-    (IDConv's group mix is a sigmoid), and MS-FFN's four depthwise convs are one 7x7 conv."""
+    (IDConv's group mix is a sigmoid), and MS-FFN's four depthwise convs are one 7x7 conv. In the
+    graph ONNX Runtime actually runs (after its fusions), IDConv's row bands are one Gather per
+    block (not a Slice per kernel row and a Concat) and OSRA leaves no Transpose."""
     graph = onnx.load(str(exported_t_path)).graph
+    blocks = sum(VARIANTS["transxnet_t"].layers)
+    options = ort.SessionOptions()
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED
+    options.optimized_model_filepath = str(tmp_path / "optimized.onnx")
+    ort.InferenceSession(str(exported_t_path), options, providers=["CPUExecutionProvider"])
+    ops = Counter(node.op_type for node in onnx.load(options.optimized_model_filepath).graph.node)
+    assert ops["Gather"] == blocks and ops["Concat"] == blocks, ops  # bands; D-Mixer's own concat
+    assert ops["Slice"] == 0 and ops["Transpose"] == 0, ops
     softmax_axes = [
         next((a.i for a in node.attribute if a.name == "axis"), -1)
         for node in graph.node
@@ -147,7 +159,6 @@ def test_graph_avoids_the_op_patterns_onnx_runtime_runs_slowly(exported_t_path):
     assert softmax_axes and all(axis == -1 for axis in softmax_axes), softmax_axes  # attention only
     convs = {node.input[1]: node for node in graph.node if node.op_type == "Conv"}
     msffn = [name for name in convs if ".mlp.dwconv" in name]
-    blocks = sum(VARIANTS["transxnet_t"].layers)
     assert len(msffn) == blocks, msffn  # one depthwise conv per MS-FFN
     assert all(name.endswith(".mlp.dwconv.weight") for name in msffn), msffn
     for name in msffn:
