@@ -7,8 +7,9 @@ an NCHWc depthwise 1x1 Conv), and so does LayerScale (a grouped 1x1 Conv). Foldi
 float64, into the 1x1 convs that follow them removes those passes without changing the function:
 
 - MS-FFN: `norm` (BN), `fc2`'s BN and `layer_scale_2` fold into the `fc2` conv; `norm2`'s affine
-  folds into `fc1`; the depthwise residual folds into the depthwise kernels, and the four
-  multi-scale depthwise convs become one (see `FoldedMSFFN`, also for why `fc1`'s BN stays).
+  folds into `fc1`; the depthwise residual folds into the depthwise kernels, and the multi-scale
+  depthwise conv becomes one branch per scale with no Split/Concat (see `FoldedMSFFN`, also for
+  why `fc1`'s BN stays).
 - STE (`DMixer.proj`): the BNs after each GELU fold into the next 1x1 conv, the last BN into the
   conv before it.
 
@@ -22,7 +23,6 @@ from __future__ import annotations
 import copy
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from model.transxnet import MSFFN, Block, DMixer, MultiScaleDWConv, TransXNet
@@ -79,22 +79,49 @@ def _fold_output_affine(conv: nn.Conv2d, scale: torch.Tensor, shift: torch.Tenso
 # --------------------------------------------------------------------------------------------------
 # MS-FFN
 # --------------------------------------------------------------------------------------------------
+def _depthwise_conv(weight: torch.Tensor, bias: torch.Tensor, dtype: torch.dtype) -> nn.Conv2d:
+    """A depthwise conv holding float64 `weight` (C, 1, K, K) and `bias` (C,) cast to `dtype`."""
+    chans, _, size, _ = weight.shape
+    conv = nn.Conv2d(chans, chans, size, padding=size // 2, groups=chans)
+    conv.weight = nn.Parameter(weight.to(dtype), requires_grad=False)
+    conv.bias = nn.Parameter(bias.to(dtype), requires_grad=False)
+    return conv
+
+
+class _ScaleBranch(nn.Module):
+    """One scale of the folded MS-FFN: fc1 -> GELU -> affine -> depthwise KxK -> GELU -> fc2,
+    over that scale's chunk of hidden channels only."""
+
+    def __init__(self, fc1: nn.Conv2d, affine: nn.Conv2d, dwconv: nn.Conv2d | None, fc2: nn.Conv2d) -> None:
+        super().__init__()
+        self.fc1, self.act1, self.affine = fc1, nn.GELU(), affine
+        self.dwconv = dwconv if dwconv is not None else nn.Identity()
+        self.act2, self.fc2 = nn.GELU(), fc2
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc2(self.act2(self.dwconv(self.affine(self.act1(self.fc1(x))))))
+
+
 class FoldedMSFFN(nn.Module):
-    """MS-FFN with its affine layers folded and its depthwise convs merged.
+    """MS-FFN as a sum of per-scale branches, with its affine layers folded.
 
     The original computes, with z = BN1(GELU(fc1(x))),
         fc2_bn(fc2(norm(GELU(dwconv(z) + z))))
-    and the block then applies LayerScale. Here:
+    where `dwconv` applies kernels 1/3/5/7 to four chunks of the hidden channels (Split, four
+    convs, Concat), and the block then applies LayerScale. Everything between fc1 and fc2 is per
+    channel, so each chunk is an independent branch, and fc2 over the concatenation is the sum of
+    fc2's column blocks over the chunks. Here each branch has its own slice of fc1 and of fc2 and
+    only its own kernel: no Split or Concat copies, and each chunk pays for its own kernel's taps
+    (a single conv with every kernel zero-padded to 7x7 does 49 taps per channel against 21 on
+    average). ONNX Runtime folds the sum into the fc2 convs (Conv + Add fusion). Folded:
     - `fc1` carries the preceding GroupNorm's affine (exact: it is an unpadded 1x1 conv);
     - BN1 stays a per-channel affine, as a depthwise 1x1 conv (`affine`): it cannot fold into the
-      depthwise convs after it, which zero-pad *after* BN1 (a folded shift would need a constant
-      per-position map, and adding a constant map forces ONNX Runtime out of its blocked NCHWc
-      layout and back: two reorders per block where this is one pass in that layout);
-    - the residual `+ z` is a 1 added to each depthwise kernel's centre tap;
-    - the four depthwise convs (kernels 1/3/5/7 over channel chunks) become one depthwise conv with
-      the largest kernel, the smaller kernels zero-padded at its centre: the same taps, and no
-      Split/Concat around them;
-    - `norm`, fc2's BN and LayerScale fold into `fc2` (exact: an unpadded 1x1 conv).
+      zero-padded depthwise convs after it (a folded shift would need a constant per-position map,
+      and adding one forces ONNX Runtime out of its blocked NCHWc layout and back);
+    - the residual `+ z` is a 1 added to each depthwise kernel's centre tap; the kernel-1 chunk's
+      depthwise conv is then itself a per-channel affine and folds into `affine` (no `dwconv`);
+    - `norm`, fc2's BN and LayerScale fold into the `fc2` slices (exact: unpadded 1x1 convs), whose
+      bias goes to the first branch only.
     """
 
     def __init__(
@@ -106,36 +133,47 @@ class FoldedMSFFN(nn.Module):
         super().__init__()
         fc1 = mlp.fc1[0]
         dtype = fc1.weight.dtype
-        self.fc1 = fc1 if input_affine is None else _fold_input_affine(fc1, *input_affine)
-        self.act1 = nn.GELU()
-        scale, shift = _bn_affine(mlp.fc1[2])
-        dim = scale.numel()
-        self.affine = nn.Conv2d(dim, dim, 1, groups=dim)
-        self.affine.weight = nn.Parameter(scale.view(-1, 1, 1, 1).to(dtype), requires_grad=False)
-        self.affine.bias = nn.Parameter(shift.to(dtype), requires_grad=False)
-        size = max(conv.kernel_size[0] for conv in mlp.dwconv.proj)
-        kernels, biases = [], []
-        for conv in mlp.dwconv.proj:
-            weight, bias = _conv_params(conv)
-            k = weight.shape[-1]
-            if (size - k) % 2:
-                raise ValueError(f"cannot centre a {k}x{k} kernel in {size}x{size}: scales must be odd")
-            weight = weight.clone()
-            weight[:, 0, k // 2, k // 2] += 1.0  # the residual `+ z`
-            border = (size - k) // 2
-            kernels.append(F.pad(weight, (border, border, border, border)))
-            biases.append(bias)
-        self.dwconv = nn.Conv2d(dim, dim, size, padding=size // 2, groups=dim)
-        self.dwconv.weight = nn.Parameter(torch.cat(kernels).to(dtype), requires_grad=False)
-        self.dwconv.bias = nn.Parameter(torch.cat(biases).to(dtype), requires_grad=False)
-        self.act2 = nn.GELU()
+        if input_affine is not None:
+            fc1 = _fold_input_affine(fc1, *input_affine)
+        fc1_weight, fc1_bias = _conv_params(fc1)
+        bn_scale, bn_shift = _bn_affine(mlp.fc1[2])
         fc2 = _fold_input_affine(mlp.fc2[0], *_bn_affine(mlp.norm))
         fc2 = _fold_output_affine(fc2, *_bn_affine(mlp.fc2[1]))
-        self.fc2 = fc2 if output_affine is None else _fold_output_affine(fc2, *output_affine)
+        if output_affine is not None:
+            fc2 = _fold_output_affine(fc2, *output_affine)
+        fc2_weight, fc2_bias = _conv_params(fc2)
+        branches, start = [], 0
+        for conv, chans in zip(mlp.dwconv.proj, mlp.dwconv.channels, strict=True):
+            rows = slice(start, start + chans)
+            start += chans
+            kernel, kernel_bias = _conv_params(conv)
+            kernel = kernel.clone()
+            size = kernel.shape[-1]
+            kernel[:, 0, size // 2, size // 2] += 1.0  # the residual `+ z`
+            scale, shift = bn_scale[rows], bn_shift[rows]
+            dwconv = None
+            if size == 1:  # k * (scale * g + shift) + b: one affine
+                tap = kernel.flatten()
+                scale, shift = tap * scale, tap * shift + kernel_bias
+            else:
+                dwconv = _depthwise_conv(kernel, kernel_bias, dtype)
+            branches.append(
+                _ScaleBranch(
+                    _pointwise_conv(fc1_weight[rows], fc1_bias[rows], fc1),
+                    _depthwise_conv(scale.view(-1, 1, 1, 1), shift, dtype),
+                    dwconv,
+                    _pointwise_conv(
+                        fc2_weight[:, rows], fc2_bias if not branches else torch.zeros_like(fc2_bias), fc2
+                    ),
+                )
+            )
+        self.branches = nn.ModuleList(branches)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        y = self.dwconv(self.affine(self.act1(self.fc1(x))))
-        return self.fc2(self.act2(y))
+        out = self.branches[0](x)
+        for branch in self.branches[1:]:
+            out = out + branch(x)
+        return out
 
 
 def _fold_msffn(block: Block) -> None:

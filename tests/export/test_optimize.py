@@ -83,11 +83,12 @@ def test_msffn_affines_are_folded(prepared_model: nn.Module) -> None:
         assert not block.norm2.affine
 
 
-def test_msffn_depthwise_convs_are_one_conv_with_the_largest_kernel(prepared_model: nn.Module) -> None:
+def test_msffn_has_one_branch_per_scale_with_only_its_own_kernel(prepared_model: nn.Module) -> None:
     for block in (m for m in prepared_model.modules() if isinstance(m, Block)):
-        convs = [m for m in block.mlp.modules() if isinstance(m, nn.Conv2d) and m.kernel_size != (1, 1)]
-        assert len(convs) == 1
-        assert convs[0].kernel_size == (7, 7) and convs[0].groups == convs[0].in_channels
+        kernels = [branch.dwconv for branch in block.mlp.branches]
+        assert isinstance(kernels[0], nn.Identity)  # scale 1 folds into the branch's affine
+        assert [conv.kernel_size for conv in kernels[1:]] == [(3, 3), (5, 5), (7, 7)]
+        assert all(conv.groups == conv.in_channels for conv in kernels[1:])
 
 
 def test_ste_batchnorms_are_folded(prepared_model: nn.Module) -> None:
