@@ -8,8 +8,8 @@ float64, into the 1x1 convs that follow them removes those passes without changi
 
 - MS-FFN: `norm` (BN), `fc2`'s BN and `layer_scale_2` fold into the `fc2` conv; `norm2`'s affine
   folds into `fc1`; the depthwise residual folds into the depthwise kernels, and the multi-scale
-  depthwise conv becomes one branch per scale with no Split/Concat (see `FoldedMSFFN`, also for
-  why `fc1`'s BN stays).
+  depthwise conv becomes a sum of branches with no Split/Concat (see `FoldedMSFFN`, also for why
+  `fc1`'s BN stays).
 - STE (`DMixer.proj`): the BNs after each GELU fold into the next 1x1 conv, the last BN into the
   conv before it.
 
@@ -23,6 +23,7 @@ from __future__ import annotations
 import copy
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from model.transxnet import MSFFN, Block, DMixer, MultiScaleDWConv, TransXNet
@@ -88,39 +89,47 @@ def _depthwise_conv(weight: torch.Tensor, bias: torch.Tensor, dtype: torch.dtype
     return conv
 
 
-class _ScaleBranch(nn.Module):
-    """One scale of the folded MS-FFN: fc1 -> GELU -> affine -> depthwise KxK -> GELU -> fc2,
-    over that scale's chunk of hidden channels only."""
+# MS-FFN's depthwise scales, grouped into branches (see `FoldedMSFFN`).
+MSFFN_BRANCHES: tuple[tuple[int, ...], ...] = ((1, 3), (5, 7))
 
-    def __init__(self, fc1: nn.Conv2d, affine: nn.Conv2d, dwconv: nn.Conv2d | None, fc2: nn.Conv2d) -> None:
+
+class _Branch(nn.Module):
+    """A share of the folded MS-FFN's hidden channels: fc1 -> GELU -> affine -> depthwise KxK ->
+    GELU -> fc2."""
+
+    def __init__(self, fc1: nn.Conv2d, affine: nn.Conv2d, dwconv: nn.Conv2d, fc2: nn.Conv2d) -> None:
         super().__init__()
         self.fc1, self.act1, self.affine = fc1, nn.GELU(), affine
-        self.dwconv = dwconv if dwconv is not None else nn.Identity()
-        self.act2, self.fc2 = nn.GELU(), fc2
+        self.dwconv, self.act2, self.fc2 = dwconv, nn.GELU(), fc2
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.fc2(self.act2(self.dwconv(self.affine(self.act1(self.fc1(x))))))
 
 
 class FoldedMSFFN(nn.Module):
-    """MS-FFN as a sum of per-scale branches, with its affine layers folded.
+    """MS-FFN as a sum of branches over its hidden channels, with its affine layers folded.
 
     The original computes, with z = BN1(GELU(fc1(x))),
         fc2_bn(fc2(norm(GELU(dwconv(z) + z))))
     where `dwconv` applies kernels 1/3/5/7 to four chunks of the hidden channels (Split, four
     convs, Concat), and the block then applies LayerScale. Everything between fc1 and fc2 is per
-    channel, so each chunk is an independent branch, and fc2 over the concatenation is the sum of
-    fc2's column blocks over the chunks. Here each branch has its own slice of fc1 and of fc2 and
-    only its own kernel: no Split or Concat copies, and each chunk pays for its own kernel's taps
-    (a single conv with every kernel zero-padded to 7x7 does 49 taps per channel against 21 on
-    average). ONNX Runtime folds the sum into the fc2 convs (Conv + Add fusion). Folded:
+    channel, so any grouping of the chunks gives independent branches, each with its own rows of
+    fc1 and columns of fc2, and fc2 over the concatenation is the sum of the branches (ONNX Runtime
+    folds the sum into the fc2 convs): no Split or Concat copies. A branch's depthwise conv has its
+    largest kernel, the smaller ones zero-padded at the centre (the same taps).
+
+    The grouping (`MSFFN_BRANCHES`) trades depthwise taps for GEMM size, measured on T: one branch
+    with every kernel padded to 7x7 does 49 taps per channel where the chunks need 21 on average;
+    four branches were fastest at batch 8 but their 1x1 convs got small enough to cost more than
+    that at batch 1; two (1/3 and 5/7, 29 taps on average) were within 2% of the best at both.
+
+    Folded:
     - `fc1` carries the preceding GroupNorm's affine (exact: it is an unpadded 1x1 conv);
     - BN1 stays a per-channel affine, as a depthwise 1x1 conv (`affine`): it cannot fold into the
       zero-padded depthwise convs after it (a folded shift would need a constant per-position map,
       and adding one forces ONNX Runtime out of its blocked NCHWc layout and back);
-    - the residual `+ z` is a 1 added to each depthwise kernel's centre tap; the kernel-1 chunk's
-      depthwise conv is then itself a per-channel affine and folds into `affine` (no `dwconv`);
-    - `norm`, fc2's BN and LayerScale fold into the `fc2` slices (exact: unpadded 1x1 convs), whose
+    - the residual `+ z` is a 1 added to each depthwise kernel's centre tap;
+    - `norm`, fc2's BN and LayerScale fold into the `fc2` columns (exact: unpadded 1x1 convs), whose
       bias goes to the first branch only.
     """
 
@@ -142,29 +151,32 @@ class FoldedMSFFN(nn.Module):
         if output_affine is not None:
             fc2 = _fold_output_affine(fc2, *output_affine)
         fc2_weight, fc2_bias = _conv_params(fc2)
-        branches, start = [], 0
+
+        chunks: dict[int, tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = {}  # scale: rows, kernel, bias
+        start = 0
         for conv, chans in zip(mlp.dwconv.proj, mlp.dwconv.channels, strict=True):
-            rows = slice(start, start + chans)
-            start += chans
             kernel, kernel_bias = _conv_params(conv)
             kernel = kernel.clone()
             size = kernel.shape[-1]
             kernel[:, 0, size // 2, size // 2] += 1.0  # the residual `+ z`
-            scale, shift = bn_scale[rows], bn_shift[rows]
-            dwconv = None
-            if size == 1:  # k * (scale * g + shift) + b: one affine
-                tap = kernel.flatten()
-                scale, shift = tap * scale, tap * shift + kernel_bias
-            else:
-                dwconv = _depthwise_conv(kernel, kernel_bias, dtype)
+            chunks[size] = (torch.arange(start, start + chans), kernel, kernel_bias)
+            start += chans
+        if sorted(chunks) != sorted(s for group in MSFFN_BRANCHES for s in group):
+            raise ValueError(f"MS-FFN scales {sorted(chunks)} do not match the branches {MSFFN_BRANCHES}")
+
+        branches = []
+        for group in MSFFN_BRANCHES:
+            size = max(group)
+            rows = torch.cat([chunks[s][0] for s in group])
+            kernel = torch.cat([F.pad(chunks[s][1], [(size - s) // 2] * 4) for s in group])
+            kernel_bias = torch.cat([chunks[s][2] for s in group])
+            bias = fc2_bias if not branches else torch.zeros_like(fc2_bias)
             branches.append(
-                _ScaleBranch(
+                _Branch(
                     _pointwise_conv(fc1_weight[rows], fc1_bias[rows], fc1),
-                    _depthwise_conv(scale.view(-1, 1, 1, 1), shift, dtype),
-                    dwconv,
-                    _pointwise_conv(
-                        fc2_weight[:, rows], fc2_bias if not branches else torch.zeros_like(fc2_bias), fc2
-                    ),
+                    _depthwise_conv(bn_scale[rows].view(-1, 1, 1, 1), bn_shift[rows], dtype),
+                    _depthwise_conv(kernel, kernel_bias, dtype),
+                    _pointwise_conv(fc2_weight[:, rows], bias, fc2),
                 )
             )
         self.branches = nn.ModuleList(branches)

@@ -15,7 +15,7 @@ import torch
 from torch import nn
 
 from export.optimize import FoldedMSFFN, prepare_for_export
-from model.transxnet import MSFFN, Block, TransXNet, create_model
+from model.transxnet import MSFFN, Block, MultiScaleDWConv, TransXNet, create_model
 
 REFERENCE_DIR = Path(__file__).resolve().parents[1] / "fixtures" / "reference"
 
@@ -83,12 +83,19 @@ def test_msffn_affines_are_folded(prepared_model: nn.Module) -> None:
         assert not block.norm2.affine
 
 
-def test_msffn_has_one_branch_per_scale_with_only_its_own_kernel(prepared_model: nn.Module) -> None:
+def test_msffn_is_two_branches_with_their_largest_kernel(prepared_model: nn.Module) -> None:
     for block in (m for m in prepared_model.modules() if isinstance(m, Block)):
-        kernels = [branch.dwconv for branch in block.mlp.branches]
-        assert isinstance(kernels[0], nn.Identity)  # scale 1 folds into the branch's affine
-        assert [conv.kernel_size for conv in kernels[1:]] == [(3, 3), (5, 5), (7, 7)]
-        assert all(conv.groups == conv.in_channels for conv in kernels[1:])
+        convs = [branch.dwconv for branch in block.mlp.branches]
+        assert [conv.kernel_size for conv in convs] == [(3, 3), (7, 7)]  # scales 1/3 and 5/7
+        assert all(conv.groups == conv.in_channels for conv in convs)
+        assert [b.fc1.out_channels for b in block.mlp.branches] == [conv.in_channels for conv in convs]
+
+
+def test_msffn_refuses_scales_it_has_no_branch_for() -> None:
+    mlp = MSFFN(8, 32)
+    mlp.dwconv = MultiScaleDWConv(32, scales=(1, 3, 5, 9))
+    with pytest.raises(ValueError, match="do not match the branches"):
+        FoldedMSFFN(mlp.eval(), None, None)
 
 
 def test_ste_batchnorms_are_folded(prepared_model: nn.Module) -> None:
