@@ -14,8 +14,8 @@ import pytest
 import torch
 from torch import nn
 
-from export.optimize import FoldedMSFFN, prepare_for_export
-from model.transxnet import MSFFN, Block, MultiScaleDWConv, TransXNet, create_model
+from export.optimize import FoldedMSFFN, PlainGroupNorm, TwoGroupIDConv, prepare_for_export
+from model.transxnet import MSFFN, Block, IDConv, MultiScaleDWConv, TransXNet, create_model
 
 REFERENCE_DIR = Path(__file__).resolve().parents[1] / "fixtures" / "reference"
 
@@ -69,8 +69,21 @@ def test_original_model_is_untouched(reference_model: TransXNet, prepared_model:
     assert {m.impl for m in reference_model.modules() if hasattr(m, "impl")} == {"grouped"}
 
 
-def test_idconv_uses_the_export_formulation(prepared_model: nn.Module) -> None:
-    assert {m.impl for m in prepared_model.modules() if hasattr(m, "impl")} == {"export"}
+def test_two_group_idconvs_fold_their_softmax(prepared_model: nn.Module) -> None:
+    # T's IDConvs all have two groups: no IDConv is left to run the general mix
+    mixers = [b.token_mixer.local_unit for b in prepared_model.modules() if isinstance(b, Block)]
+    assert mixers and all(isinstance(m, TwoGroupIDConv) for m in mixers)
+    assert not any(isinstance(m, IDConv) for m in prepared_model.modules())
+
+
+def test_idconvs_with_more_groups_keep_the_export_formulation() -> None:
+    net = create_model("s")  # 3 and 4 kernel groups
+    prepared = prepare_for_export(net)
+    impls = {m.impl for m in prepared.modules() if isinstance(m, IDConv)}
+    assert impls == {"export"}
+    images = torch.randn(1, 3, 224, 224, generator=torch.Generator().manual_seed(3))
+    with torch.no_grad():
+        assert _relative_error(prepared(images), net.eval()(images)) <= 1e-5
 
 
 def test_msffn_affines_are_folded(prepared_model: nn.Module) -> None:
@@ -80,7 +93,7 @@ def test_msffn_affines_are_folded(prepared_model: nn.Module) -> None:
         assert isinstance(block.mlp, FoldedMSFFN)
         assert not any(isinstance(m, nn.BatchNorm2d) for m in block.mlp.modules())
         assert isinstance(block.layer_scale_2, nn.Identity)
-        assert not block.norm2.affine
+        assert isinstance(block.norm2, PlainGroupNorm)
 
 
 def test_msffn_is_two_branches_with_their_largest_kernel(prepared_model: nn.Module) -> None:
