@@ -13,6 +13,10 @@ float64, into the 1x1 convs that follow them removes those passes without changi
 - STE (`DMixer.proj`): the BNs after each GELU fold into the next 1x1 conv, the last BN into the
   conv before it.
 
+Two more remove small ops rather than passes: an IDConv with two kernel groups folds its softmax
+into its projection (`TwoGroupIDConv`), and `norm2`, affine-free once folded, is traced as a plain
+InstanceNormalization (`PlainGroupNorm`).
+
 The export's verification compares the ONNX file against the untouched model, and
 `tests/export/test_optimize.py` compares the prepared model against the original, so a rewrite that
 changed the numbers would fail both.
@@ -83,6 +87,25 @@ def _fold_output_affine(conv: nn.Conv2d, scale: torch.Tensor, shift: torch.Tenso
     _check_pointwise(conv)
     weight, bias = _conv_params(conv)
     return _pointwise_conv(weight * scale.view(-1, 1, 1, 1), bias * scale + shift, conv)
+
+
+# --------------------------------------------------------------------------------------------------
+# GroupNorm without affine
+# --------------------------------------------------------------------------------------------------
+class PlainGroupNorm(nn.Module):
+    """GroupNorm(1, C) with no affine, traced as InstanceNormalization over one group.
+
+    The exporter writes an affine-free GroupNorm with a Mul by ones and an Add of zeros (two passes
+    over the activations) and a Shape; this form has neither.
+    """
+
+    def __init__(self, eps: float) -> None:
+        super().__init__()
+        self.eps = eps
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        b, c, h, w = x.shape
+        return F.instance_norm(x.reshape(b, 1, c * h * w), eps=self.eps).reshape(b, c, h, w)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -197,7 +220,8 @@ class FoldedMSFFN(nn.Module):
 
 
 def _fold_msffn(block: Block) -> None:
-    """Swap `block.mlp` for `FoldedMSFFN`; `norm2` loses its affine, `layer_scale_2` becomes Identity."""
+    """Swap `block.mlp` for `FoldedMSFFN`; `norm2` loses its affine (`PlainGroupNorm` for one group),
+    `layer_scale_2` becomes Identity."""
     norm2 = block.norm2
     input_affine = None
     if norm2.affine:
@@ -265,25 +289,6 @@ class TwoGroupIDConv(nn.Module):
         weight = self.weight_low + torch.sigmoid(self.proj(self.pool(x))) * self.weight_span
         share = torch.sigmoid(self.proj(torch.mean(x, dim=[-2, -1], keepdim=True))).reshape(b, c)
         return dynamic_depthwise_conv_export(x, weight, self.bias_low + share * self.bias_span)
-
-
-# --------------------------------------------------------------------------------------------------
-# GroupNorm without affine
-# --------------------------------------------------------------------------------------------------
-class PlainGroupNorm(nn.Module):
-    """GroupNorm(1, C) with no affine, traced as InstanceNormalization over one group.
-
-    The exporter writes an affine-free GroupNorm with a Mul by ones and an Add of zeros (two passes
-    over the activations) and a Shape; this form has neither.
-    """
-
-    def __init__(self, eps: float) -> None:
-        super().__init__()
-        self.eps = eps
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        b, c, h, w = x.shape
-        return F.instance_norm(x.reshape(b, 1, c * h * w), eps=self.eps).reshape(b, c, h, w)
 
 
 # --------------------------------------------------------------------------------------------------
