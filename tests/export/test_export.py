@@ -141,9 +141,9 @@ def test_file_is_self_contained_and_passes_the_full_checker(exported_t_path):
 def test_graph_avoids_the_op_patterns_onnx_runtime_runs_slowly(exported_t_path, tmp_path):
     """The rewrites that make the file fast must survive tracing: no Softmax over a non-last axis
     (IDConv's group mix is a sigmoid), and MS-FFN's depthwise convs are two branches, 3x3 and 7x7
-    (not one conv over a Split, nor every kernel padded to 7x7). In the
-    graph ONNX Runtime actually runs (after its fusions), IDConv's row bands are one Gather per
-    block (not a Slice per kernel row and a Concat) and OSRA leaves no Transpose."""
+    (not one conv over a Split, nor every kernel padded to 7x7). In the graph ONNX Runtime actually
+    runs (after its fusions), IDConv's row bands are one Gather per block (not a Slice per kernel
+    row and a Concat) and OSRA leaves no Transpose."""
     graph = onnx.load(str(exported_t_path)).graph
     blocks = sum(VARIANTS["transxnet_t"].layers)
     options = ort.SessionOptions()
