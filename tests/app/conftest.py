@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 
 import httpx
@@ -50,6 +50,16 @@ def make_settings(model_path: Path, **overrides: object) -> Settings:
     }
     options.update(overrides)
     return Settings(**options)  # type: ignore[arg-type]
+
+
+async def wait_until(predicate: Callable[[], bool], timeout_s: float = 10) -> None:
+    """Poll `predicate` on the running loop; the timeout only bounds a failing test."""
+    loop = asyncio.get_running_loop()
+    end = loop.time() + timeout_s
+    while not predicate():
+        if loop.time() > end:
+            raise AssertionError("condition not reached")
+        await asyncio.sleep(0.005)
 
 
 async def wait_ready(client: httpx.AsyncClient, timeout_s: float = 30) -> None:

@@ -11,6 +11,7 @@ import pytest
 
 from app.batcher import Batcher
 from app.errors import InferenceError, NotReadyError, QueueFullError, RequestTimeoutError
+from tests.app.conftest import wait_until
 from tests.app.runners import RecordingRunner, image
 
 pytestmark = pytest.mark.anyio
@@ -27,15 +28,6 @@ def make_batcher(runner: RecordingRunner, **overrides: object) -> Batcher:
     }
     options.update(overrides)
     return Batcher(runner, **options)  # type: ignore[arg-type]
-
-
-async def wait_until(predicate, timeout: float = 5.0) -> None:
-    loop = asyncio.get_running_loop()
-    end = loop.time() + timeout
-    while not predicate():
-        if loop.time() > end:
-            raise AssertionError("condition not reached")
-        await asyncio.sleep(0.005)
 
 
 @pytest.mark.parametrize(

@@ -9,7 +9,7 @@ import threading
 
 import pytest
 
-from tests.app.conftest import make_settings, running_app, wait_ready
+from tests.app.conftest import make_settings, running_app, wait_ready, wait_until
 from tests.app.fake_model import STAGE_CHANNELS, fake_metadata
 from tests.app.images import encoded_image
 from tests.app.runners import FailingRunner, GatedRunner, NanRunner
@@ -17,15 +17,6 @@ from tests.app.runners import FailingRunner, GatedRunner, NanRunner
 pytestmark = pytest.mark.anyio
 
 PNG = {"content-type": "image/png"}
-
-
-async def wait_until(predicate, timeout_s: float = 10) -> None:
-    loop = asyncio.get_running_loop()
-    end = loop.time() + timeout_s
-    while not predicate():
-        if loop.time() > end:
-            raise AssertionError("condition not reached")
-        await asyncio.sleep(0.005)
 
 
 def classify(client, seed: int):
