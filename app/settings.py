@@ -12,6 +12,9 @@ from typing import Literal
 from pydantic import Field, ValidationError, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from app.batcher import BatchWait
+from runtime.session import ProviderPreference
+
 ENV_PREFIX = "TRANSXNET_"
 MIB = 1024 * 1024
 
@@ -29,7 +32,7 @@ class Settings(BaseSettings):
 
     # Model and runtime
     model_path: Path = Field(Path("models/transxnet_t.onnx"), description="The exported ONNX file.")
-    providers: Literal["auto", "tensorrt", "cuda", "cpu"] = Field(
+    providers: ProviderPreference = Field(
         "auto", description="auto tries TensorRT -> CUDA -> CPU; a named GPU provider never falls back."
     )
     intra_op_threads: int = Field(0, ge=0, description="ONNX Runtime intra-op threads; 0 = ORT default.")
@@ -41,7 +44,7 @@ class Settings(BaseSettings):
     max_batch_delay_ms: float = Field(
         5.0, ge=0, le=10_000, description="How long the first queued image waits for batch-mates."
     )
-    batch_wait: Literal["incoming", "always"] = Field(
+    batch_wait: BatchWait = Field(
         "incoming",
         description="incoming: the first queued image waits (up to max_batch_delay_ms) only for images "
         "already being decoded, so a lone request never idles; always: it waits the full delay.",
