@@ -102,15 +102,12 @@ def mix_groups_softmax(logits: torch.Tensor, values: torch.Tensor) -> torch.Tens
 
 
 def mix_groups_export(logits: torch.Tensor, values: torch.Tensor) -> torch.Tensor:
-    """The same mix without a Softmax node, for export.
+    """The same mix without a Softmax node, for export: the softmax written out, max-subtracted.
 
-    ONNX Runtime runs Softmax on a non-last axis through transposes: 0.29 ms per call at T's
-    (1, 2, 224, 7, 7), against 0.02 ms for the sigmoid form below (18 calls per image). With two
-    groups the softmax is a sigmoid of the difference; with more it is written out, max-subtracted.
+    ONNX Runtime runs Softmax on a non-last axis through transposes (0.29 ms per call at T's
+    (1, 2, 224, 7, 7), 18 calls per image). With two groups the export goes further and folds the
+    mix into IDConv's projection (`export.optimize.TwoGroupIDConv`).
     """
-    if logits.shape[1] == 2:
-        first, second = logits.unbind(dim=1)
-        return values[1] + torch.sigmoid(first - second) * (values[0] - values[1])
     e = torch.exp(logits - logits.amax(dim=1, keepdim=True))
     return (e * values.unsqueeze(0)).sum(dim=1) / e.sum(dim=1)
 
