@@ -59,14 +59,19 @@ def _conv_params(conv: nn.Conv2d) -> tuple[torch.Tensor, torch.Tensor]:
     return weight, bias
 
 
-def _pointwise_conv(weight: torch.Tensor, bias: torch.Tensor, like: nn.Conv2d) -> nn.Conv2d:
-    """A fresh 1x1 conv (with bias) holding folded float64 parameters cast back to `like`'s dtype."""
-    out_chans, in_chans = weight.shape[:2]
-    conv = nn.Conv2d(in_chans, out_chans, kernel_size=1, bias=True)
-    dtype, device = like.weight.dtype, like.weight.device
-    conv.weight = nn.Parameter(weight.to(dtype=dtype, device=device), requires_grad=False)
-    conv.bias = nn.Parameter(bias.to(dtype=dtype, device=device), requires_grad=False)
+def _frozen_params(
+    conv: nn.Conv2d, weight: torch.Tensor, bias: torch.Tensor, like: torch.Tensor
+) -> nn.Conv2d:
+    """`conv` holding float64 `weight` and `bias` cast back to `like`'s dtype and device, frozen."""
+    conv.weight = nn.Parameter(weight.to(dtype=like.dtype, device=like.device), requires_grad=False)
+    conv.bias = nn.Parameter(bias.to(dtype=like.dtype, device=like.device), requires_grad=False)
     return conv
+
+
+def _pointwise_conv(weight: torch.Tensor, bias: torch.Tensor, like: torch.Tensor) -> nn.Conv2d:
+    """A fresh 1x1 conv with bias, from folded float64 `weight` (O, I, 1, 1) and `bias` (O,)."""
+    out_chans, in_chans = weight.shape[:2]
+    return _frozen_params(nn.Conv2d(in_chans, out_chans, kernel_size=1), weight, bias, like)
 
 
 def _check_pointwise(conv: nn.Conv2d) -> None:
@@ -79,14 +84,14 @@ def _fold_input_affine(conv: nn.Conv2d, scale: torch.Tensor, shift: torch.Tensor
     would see the shift inside the image but zeros in the padding."""
     _check_pointwise(conv)
     weight, bias = _conv_params(conv)
-    return _pointwise_conv(weight * scale.view(1, -1, 1, 1), bias + weight[:, :, 0, 0] @ shift, conv)
+    return _pointwise_conv(weight * scale.view(1, -1, 1, 1), bias + weight[:, :, 0, 0] @ shift, conv.weight)
 
 
 def _fold_output_affine(conv: nn.Conv2d, scale: torch.Tensor, shift: torch.Tensor) -> nn.Conv2d:
     """scale * conv(x) + shift as one conv (any 1x1 conv)."""
     _check_pointwise(conv)
     weight, bias = _conv_params(conv)
-    return _pointwise_conv(weight * scale.view(-1, 1, 1, 1), bias * scale + shift, conv)
+    return _pointwise_conv(weight * scale.view(-1, 1, 1, 1), bias * scale + shift, conv.weight)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -111,13 +116,10 @@ class PlainGroupNorm(nn.Module):
 # --------------------------------------------------------------------------------------------------
 # MS-FFN
 # --------------------------------------------------------------------------------------------------
-def _depthwise_conv(weight: torch.Tensor, bias: torch.Tensor, dtype: torch.dtype) -> nn.Conv2d:
-    """A depthwise conv holding float64 `weight` (C, 1, K, K) and `bias` (C,) cast to `dtype`."""
+def _depthwise_conv(weight: torch.Tensor, bias: torch.Tensor, like: torch.Tensor) -> nn.Conv2d:
+    """A fresh 'same'-padded depthwise conv from float64 `weight` (C, 1, K, K) and `bias` (C,)."""
     chans, _, size, _ = weight.shape
-    conv = nn.Conv2d(chans, chans, size, padding=size // 2, groups=chans)
-    conv.weight = nn.Parameter(weight.to(dtype), requires_grad=False)
-    conv.bias = nn.Parameter(bias.to(dtype), requires_grad=False)
-    return conv
+    return _frozen_params(nn.Conv2d(chans, chans, size, padding=size // 2, groups=chans), weight, bias, like)
 
 
 # MS-FFN's depthwise scales, grouped into branches (see `FoldedMSFFN`).
@@ -172,7 +174,7 @@ class FoldedMSFFN(nn.Module):
     ) -> None:
         super().__init__()
         fc1 = mlp.fc1[0]
-        dtype = fc1.weight.dtype
+        like = fc1.weight  # dtype and device of every rebuilt conv
         if input_affine is not None:
             fc1 = _fold_input_affine(fc1, *input_affine)
         fc1_weight, fc1_bias = _conv_params(fc1)
@@ -204,10 +206,10 @@ class FoldedMSFFN(nn.Module):
             bias = fc2_bias if not branches else torch.zeros_like(fc2_bias)
             branches.append(
                 _Branch(
-                    _pointwise_conv(fc1_weight[rows], fc1_bias[rows], fc1),
-                    _depthwise_conv(bn_scale[rows].view(-1, 1, 1, 1), bn_shift[rows], dtype),
-                    _depthwise_conv(kernel, kernel_bias, dtype),
-                    _pointwise_conv(fc2_weight[:, rows], bias, fc2),
+                    _pointwise_conv(fc1_weight[rows], fc1_bias[rows], like),
+                    _depthwise_conv(bn_scale[rows].view(-1, 1, 1, 1), bn_shift[rows], like),
+                    _depthwise_conv(kernel, kernel_bias, like),
+                    _pointwise_conv(fc2_weight[:, rows], bias, like),
                 )
             )
         self.branches = nn.ModuleList(branches)
@@ -274,9 +276,8 @@ class TwoGroupIDConv(nn.Module):
         last = idconv.proj[1]
         weight, bias = _conv_params(last)
         half = weight.shape[0] // 2
-        self.proj = nn.Sequential(
-            idconv.proj[0], _pointwise_conv(weight[:half] - weight[half:], bias[:half] - bias[half:], last)
-        )
+        difference = _pointwise_conv(weight[:half] - weight[half:], bias[:half] - bias[half:], last.weight)
+        self.proj = nn.Sequential(idconv.proj[0], difference)
         values, biases = idconv.weight.detach().double(), idconv.bias.detach().double()
         dtype = idconv.weight.dtype
         self.register_buffer("weight_low", values[1].to(dtype))
