@@ -172,6 +172,20 @@ def _bool_param(params: Mapping[str, Any], key: str, what: str) -> bool | None:
     return value
 
 
+def _named_tensor(
+    raw: Any, kind: str, position: int, seen: set[str], repeated: str
+) -> tuple[dict[str, Any], str]:
+    """One entry of 'inputs' or 'outputs' (`kind`): the object and its name, which must be new."""
+    tensor = _object(raw, f"{kind} {position}")
+    name = tensor.get("name")
+    if not isinstance(name, str) or not name:
+        raise ProtocolError(f"{kind} {position} has no 'name'")
+    if name in seen:
+        raise ProtocolError(f"{kind} '{name}' is {repeated} more than once")
+    seen.add(name)
+    return tensor, name
+
+
 def _shape(value: Any, what: str) -> tuple[int, ...]:
     if not isinstance(value, list) or not all(
         isinstance(d, int) and not isinstance(d, bool) and d >= 0 for d in value
@@ -223,15 +237,11 @@ def parse_infer_request(body: bytes, header_length: str | None = None) -> InferR
     if not isinstance(raw_inputs, list):
         raise ProtocolError("'inputs' must be a list of input tensors")
     inputs: list[RequestInput] = []
+    input_names: set[str] = set()
     offset = 0
     for position, raw in enumerate(raw_inputs):
-        tensor = _object(raw, f"input {position}")
-        name = tensor.get("name")
-        if not isinstance(name, str) or not name:
-            raise ProtocolError(f"input {position} has no 'name'")
+        tensor, name = _named_tensor(raw, "input", position, input_names, "given")
         what = f"input '{name}'"
-        if any(existing.name == name for existing in inputs):
-            raise ProtocolError(f"input '{name}' is given more than once")
         datatype = tensor.get("datatype")
         if datatype not in DATATYPES:
             raise ProtocolError(
@@ -275,14 +285,10 @@ def parse_infer_request(body: bytes, header_length: str | None = None) -> InferR
         if not isinstance(raw_outputs, list):
             raise ProtocolError("'outputs' must be a list of requested outputs")
         outputs = []
+        output_names: set[str] = set()
         for position, raw in enumerate(raw_outputs):
-            tensor = _object(raw, f"output {position}")
-            name = tensor.get("name")
-            if not isinstance(name, str) or not name:
-                raise ProtocolError(f"output {position} has no 'name'")
+            tensor, name = _named_tensor(raw, "output", position, output_names, "requested")
             what = f"output '{name}'"
-            if any(existing.name == name for existing in outputs):
-                raise ProtocolError(f"output '{name}' is requested more than once")
             output_params = _parameters(tensor, what)
             _check_shared_memory(output_params, what)
             classification = output_params.get("classification", 0)

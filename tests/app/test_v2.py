@@ -283,6 +283,22 @@ MALFORMED = {
         "unexpected inference output 'probs'",
     ),
     "unknown datatype": ({"inputs": [_json_images([1, 3, SIZE, SIZE], "FLOAT")]}, "'datatype'"),
+    "unnamed input": (
+        {"inputs": [{**_json_images([1, 3, SIZE, SIZE]), "name": ""}]},
+        "input 0 has no 'name'",
+    ),
+    "repeated input": (
+        {"inputs": [_json_images([1, 3, SIZE, SIZE])] * 2},
+        "input 'images' is given more than once",
+    ),
+    "unnamed output": (
+        {"inputs": [_json_images([1, 3, SIZE, SIZE])], "outputs": [{"name": "logits"}, {}]},
+        "output 1 has no 'name'",
+    ),
+    "repeated output": (
+        {"inputs": [_json_images([1, 3, SIZE, SIZE])], "outputs": [{"name": "logits"}, {"name": "logits"}]},
+        "output 'logits' is requested more than once",
+    ),
     "not an image": (
         {"inputs": [{"name": "image_bytes", "datatype": "BYTES", "shape": [1], "data": ["hello"]}]},
         "not a recognisable image",
