@@ -5,9 +5,36 @@ from __future__ import annotations
 import json
 import logging
 import sys
+from contextvars import ContextVar
 from datetime import datetime, timezone
 
 _STANDARD_ATTRS = set(vars(logging.makeLogRecord({}))) | {"message", "asctime", "color_message"}
+
+#: The ID of the request being handled (set by the service's outermost middleware), so every line
+#: logged on its behalf, uvicorn's access line included, can be matched to what the client saw.
+current_request_id: ContextVar[str | None] = ContextVar("current_request_id", default=None)
+
+
+class RequestIdFilter(logging.Filter):
+    """Stamps records logged while a request is handled with `record.request_id`."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        request_id = current_request_id.get()
+        if request_id is not None and not hasattr(record, "request_id"):
+            record.request_id = request_id
+        return True
+
+
+class TextFormatter(logging.Formatter):
+    """Time, level, logger and message, then ` [request_id=...]` when the line belongs to a request."""
+
+    def __init__(self) -> None:
+        super().__init__("%(asctime)s %(levelname)s %(name)s: %(message)s")
+
+    def formatMessage(self, record: logging.LogRecord) -> str:  # noqa: N802 (logging's API)
+        line = super().formatMessage(record)
+        request_id = getattr(record, "request_id", None)
+        return f"{line} [request_id={request_id}]" if request_id else line
 
 
 class JsonFormatter(logging.Formatter):
@@ -34,10 +61,8 @@ def configure_logging(level: str = "info", fmt: str = "text") -> None:
     """Configure the root logger once (uvicorn's loggers propagate to it: run uvicorn with
     `log_config=None`)."""
     handler = logging.StreamHandler(sys.stderr)
-    if fmt == "json":
-        handler.setFormatter(JsonFormatter())
-    else:
-        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    handler.setFormatter(JsonFormatter() if fmt == "json" else TextFormatter())
+    handler.addFilter(RequestIdFilter())
     root = logging.getLogger()
     for existing in list(root.handlers):
         root.removeHandler(existing)

@@ -10,7 +10,9 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import re
 import time
+import uuid
 from collections.abc import AsyncIterator, Callable
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import asynccontextmanager
@@ -25,6 +27,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from app import v2_protocol
 from app.batcher import Batcher, ModelRunner
 from app.errors import ServiceError
+from app.logging_setup import current_request_id
 from app.metrics import ServiceMetrics
 from app.preprocess import ImagePreprocessor
 from app.routes import health, inference, v2
@@ -79,9 +82,27 @@ async def _http_error(request: Request, exc: Exception) -> JSONResponse:
     return _error_response(request, code, str(exc.detail), exc.status_code, dict(exc.headers or {}))
 
 
+REQUEST_ID_HEADER = "x-request-id"
+# What a proxy or client may send as its request ID: printable ASCII without spaces (UUIDs, nginx's
+# $request_id, trace headers), short enough for a log line. Anything else is replaced, not echoed.
+_VALID_REQUEST_ID = re.compile(r"[\x21-\x7e]{1,128}")
+
+
+def request_id_of(scope: Scope) -> str:
+    """The client's (or proxy's) X-Request-ID when it is sane, else a new random one."""
+    for name, value in scope.get("headers", ()):
+        if name == REQUEST_ID_HEADER.encode():
+            candidate = value.decode("latin-1")
+            if _VALID_REQUEST_ID.fullmatch(candidate):
+                return candidate
+            break
+    return uuid.uuid4().hex
+
+
 class RequestObserver:
-    """Outermost ASGI layer: counts and times every request by route template and status, and turns
-    an unexpected exception into a 500 `internal_error` (traceback logged once, never sent)."""
+    """Outermost ASGI layer: gives every request an ID (X-Request-ID, echoed in the response and on
+    every log line of the request), counts and times it by route template and status, and turns an
+    unexpected exception into a 500 `internal_error` (traceback logged once, never sent)."""
 
     def __init__(self, app: ASGIApp, metrics: ServiceMetrics) -> None:
         self.app = app
@@ -94,26 +115,35 @@ class RequestObserver:
         started = time.perf_counter()
         status = 500
         response_started = False
+        request_id = request_id_of(scope)
+        token = current_request_id.set(request_id)
 
         async def observed_send(message: Message) -> None:
             nonlocal status, response_started
             if message["type"] == "http.response.start":
                 status = message["status"]
                 response_started = True
+                header = REQUEST_ID_HEADER.encode()
+                headers = [(k, v) for k, v in message.get("headers", ()) if k.lower() != header]
+                message = {**message, "headers": [*headers, (header, request_id.encode())]}
             await send(message)
 
         try:
             await self.app(scope, receive, observed_send)
         except Exception:
-            logger.exception("unhandled error on %s %s", scope.get("method"), scope.get("path"))
+            logger.exception(
+                "unhandled error on %s %s",
+                scope.get("method"),
+                scope.get("path"),
+                extra={"request_id": request_id},
+            )
             status = 500
             if not response_started:
-                response = JSONResponse(
-                    _error_body("internal_error", "an internal error occurred; it has been logged"),
-                    status_code=500,
-                )
-                await response(scope, receive, send)
+                text = f"an internal error occurred; it has been logged with request id {request_id}"
+                response = JSONResponse(_error_body("internal_error", text), status_code=500)
+                await response(scope, receive, observed_send)
         finally:
+            current_request_id.reset(token)
             route = scope.get("route")
             label = getattr(route, "path", None) or "unmatched"
             self.metrics.requests.labels(route=label, status=str(status)).inc()

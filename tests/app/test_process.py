@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import json
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -167,3 +169,41 @@ def test_bad_settings_stop_the_process_with_one_clean_line(fake_model_path, extr
     assert len(lines) == 1, result.stderr
     assert expected in lines[0]
     assert "Traceback" not in result.stderr
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("log_format", ["json", "text"])
+def test_every_log_line_of_a_request_names_its_id(fake_model_path, log_format: str) -> None:
+    """uvicorn's access line and the service's own lines for a request carry the X-Request-ID the
+    response had; lines outside any request (start-up, shutdown) carry none."""
+    port = free_port()
+    base = f"http://127.0.0.1:{port}"
+    env = service_env(
+        fake_model_path, TRANSXNET_PORT=str(port), TRANSXNET_LOG_FORMAT=log_format, TRANSXNET_LOG_LEVEL="info"
+    )
+    with running_process([sys.executable, "-m", "app"], env) as process:
+        wait_for(lambda: status_of(f"{base}/readyz") == 200 or process.poll() is not None)
+        traced = httpx.post(
+            f"{base}/classify", content=encoded_image(1), headers={**PNG, "X-Request-ID": "t-42"}
+        )
+        assert traced.status_code == 200 and traced.headers["x-request-id"] == "t-42"
+        generated = httpx.post(f"{base}/classify", content=b"junk", headers=PNG).headers["x-request-id"]
+        process.send_signal(signal.SIGTERM)
+        assert process.wait(timeout=60) == 0
+        output = process.stdout.read() if process.stdout else ""
+
+    lines = output.splitlines()
+    if log_format == "json":
+        records = [json.loads(line) for line in lines]
+        access = {r.get("request_id"): r["message"] for r in records if r["logger"] == "uvicorn.access"}
+        startup = [r for r in records if r["message"].startswith("serving ")]
+    else:
+        access = {
+            m.group(1): line
+            for line in lines
+            if " uvicorn.access: " in line and (m := re.search(r"\[request_id=(\S+)\]$", line))
+        }
+        startup = [line for line in lines if ": serving " in line]
+    assert "POST /classify" in access["t-42"] and " 200" in access["t-42"]
+    assert "POST /classify" in access[generated] and " 400" in access[generated]
+    assert len(startup) == 1 and "request_id" not in str(startup[0])

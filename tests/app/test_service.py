@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import re
 import threading
 
 import pytest
@@ -115,6 +116,32 @@ async def test_unexpected_error_is_500_internal_error_logged_once_and_never_sent
         assert (await client.get("/healthz")).status_code == 200
     tracebacks = [r for r in caplog.records if r.exc_info is not None]
     assert len(tracebacks) == 1
+    # The client can quote the ID it was given, and it finds the one traceback in the log.
+    request_id = response.headers["x-request-id"]
+    assert request_id in response.json()["error"]["message"]
+    assert tracebacks[0].request_id == request_id
+
+
+async def test_every_response_carries_a_request_id_and_a_sane_client_id_is_kept(client) -> None:
+    first, second = await client.get("/healthz"), await client.get("/healthz")
+    assert re.fullmatch(r"[0-9a-f]{32}", first.headers["x-request-id"])
+    assert first.headers["x-request-id"] != second.headers["x-request-id"]
+
+    traced = await client.post(
+        "/classify",
+        content=encoded_image(1),
+        headers={**PNG, "X-Request-ID": "Root=1-5759e988;Parent=53995c3f"},
+    )
+    assert traced.status_code == 200
+    assert traced.headers["x-request-id"] == "Root=1-5759e988;Parent=53995c3f"
+    refused = await client.post("/classify", content=b"not an image", headers={**PNG, "X-Request-ID": "e-1"})
+    assert refused.status_code == 400 and refused.headers["x-request-id"] == "e-1"
+    assert refused.headers.get_list("x-request-id") == ["e-1"]
+
+    # Spaces or an overlong value are not echoed into headers and logs: a fresh ID replaces them.
+    for hostile in ("two words", "x" * 129):
+        replaced = await client.get("/healthz", headers={"X-Request-ID": hostile})
+        assert re.fullmatch(r"[0-9a-f]{32}", replaced.headers["x-request-id"]), hostile
 
 
 async def test_readiness_is_503_until_warm_up_completes_then_200(fake_model_path) -> None:

@@ -11,6 +11,7 @@ from typing import Any
 
 import pytest
 
+from app.main import REQUEST_ID_HEADER
 from app.settings import ENV_PREFIX, Settings
 from tests.docker.conftest import COMPOSE_FILE, ROOT
 from tests.docker.dockerfile import Stage
@@ -185,6 +186,20 @@ def test_nginx_retries_503_once_with_buffered_bodies(nginx_conf: str) -> None:
     assert _directive(nginx_conf, "proxy_next_upstream_tries") == "2"
     # Unbuffered bodies cannot be replayed to another upstream.
     assert not re.search(r"^\s*proxy_request_buffering\s+off", nginx_conf, re.MULTILINE)
+
+
+def test_nginx_forwards_and_logs_the_same_request_id_the_service_echoes(nginx_conf: str) -> None:
+    header, variable = re.search(
+        r"^\s*proxy_set_header\s+(X-Request-ID)\s+\$(\w+);", nginx_conf, re.M
+    ).groups()
+    assert header.lower() == REQUEST_ID_HEADER
+    # The client's ID when it sent one, else nginx's own.
+    mapping = re.search(rf"map\s+\$http_x_request_id\s+\${variable}\s*{{([^}}]*)}}", nginx_conf).group(1)
+    assert re.search(r"^\s*default\s+\$http_x_request_id;", mapping, re.M)
+    assert re.search(r'^\s*""\s+\$request_id;', mapping, re.M)
+    log_name = _directive(nginx_conf, "access_log").split()[1]
+    log_format = re.search(rf"log_format\s+{log_name}\s+([^;]+);", nginx_conf).group(1)
+    assert f"${variable}" in log_format
 
 
 # --- the Compose CLI itself ---------------------------------------------------------------------
