@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import contextvars
 import logging
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -61,10 +62,14 @@ class ServiceState:
         order) fails the whole request before any of its images is queued."""
         assert self.pool is not None and self.preprocessor is not None and self.batcher is not None
         loop = asyncio.get_running_loop()
-        # Announced to the batcher, which may hold a queued image back for these batch-mates.
+        # Announced to the batcher, which may hold a queued image back for these batch-mates. Each
+        # decode runs in a copy of this request's context, so what it logs carries the request's ID.
         with self.batcher.expecting(len(blobs)):
             outcomes = await asyncio.gather(
-                *(loop.run_in_executor(self.pool, self.preprocessor, blob) for blob in blobs),
+                *(
+                    loop.run_in_executor(self.pool, contextvars.copy_context().run, self.preprocessor, blob)
+                    for blob in blobs
+                ),
                 return_exceptions=True,
             )
         for outcome in outcomes:

@@ -10,6 +10,7 @@ import threading
 
 import pytest
 
+from app.logging_setup import RequestIdFilter
 from tests.app.conftest import make_settings, running_app, wait_ready, wait_until
 from tests.app.fake_model import STAGE_CHANNELS, fake_metadata
 from tests.app.images import encoded_image
@@ -219,3 +220,20 @@ async def test_openapi_documents_bodies_errors_and_examples(client) -> None:
     assert "application/x-npz" in spec["paths"]["/features"]["post"]["responses"]["200"]["content"]
     assert spec["components"]["schemas"]["ClassifyResponse"]["examples"]
     assert {"/healthz", "/readyz", "/v1/models", "/metrics"} <= set(spec["paths"])
+
+
+async def test_what_decoding_logs_carries_the_request_id(client, monkeypatch, caplog) -> None:
+    """Decoding runs in the preprocessing pool's threads; its log lines still name the request."""
+
+    def broken_exif(*args: object, **kwargs: object) -> None:
+        raise SyntaxError("not a TIFF file")
+
+    monkeypatch.setattr("app.preprocess.ImageOps.exif_transpose", broken_exif)
+    caplog.handler.addFilter(RequestIdFilter())
+    with caplog.at_level(logging.WARNING, logger="app.preprocess"):
+        response = await client.post(
+            "/classify", content=encoded_image(1), headers={**PNG, "X-Request-ID": "exif-7"}
+        )
+    assert response.status_code == 200
+    warnings = [r for r in caplog.records if "EXIF" in r.getMessage()]
+    assert [r.request_id for r in warnings] == ["exif-7"]
