@@ -34,6 +34,7 @@ from typing import Literal, Protocol, get_args, runtime_checkable
 import numpy as np
 
 from app.errors import InferenceError, NotReadyError, QueueFullError, RequestTimeoutError
+from app.logging_setup import current_request_id
 
 logger = logging.getLogger(__name__)
 
@@ -69,6 +70,7 @@ class _Request:
     deadline: float
     results: list[ImageResult | None]
     remaining: int
+    request_id: str | None = None  # the HTTP request's ID, for logs about its batch
 
     @property
     def live(self) -> bool:
@@ -196,6 +198,7 @@ class Batcher:
             deadline=now + self.request_timeout_s,
             results=[None] * count,
             remaining=count,
+            request_id=current_request_id.get(),
         )
         self._requests.add(request)
         self._queue.extend(_Item(request, i, image, now) for i, image in enumerate(images))
@@ -284,7 +287,12 @@ class Batcher:
                 raise
             except Exception as exc:
                 self.batch_failures += 1
-                logger.exception("inference failed on a batch of %d images", len(items))
+                request_ids = dict.fromkeys(item.request.request_id or "-" for item in items)
+                logger.exception(
+                    "inference failed on a batch of %d images (request ids: %s)",
+                    len(items),
+                    ", ".join(request_ids),
+                )
                 error = InferenceError(
                     f"inference failed on this request's batch ({type(exc).__name__}); the request can "
                     "be retried"

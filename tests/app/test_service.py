@@ -103,6 +103,8 @@ async def test_inference_error_fails_its_batch_and_the_next_request_succeeds(fak
         assert (await client.post("/classify", content=encoded_image(1), headers=PNG)).status_code == 200
     tracebacks = [r for r in caplog.records if r.exc_info is not None]
     assert len(tracebacks) == 1
+    # Logged once per batch, from the inference thread: it names the requests the batch held.
+    assert failed.headers["x-request-id"] in tracebacks[0].getMessage()
 
 
 async def test_unexpected_error_is_500_internal_error_logged_once_and_never_sent(
