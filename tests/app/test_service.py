@@ -209,6 +209,23 @@ async def test_metrics_count_requests_by_route_and_status(client) -> None:
         assert name in text
 
 
+async def test_preprocessing_time_is_observed_once_per_decoded_image(client) -> None:
+    def sample(text: str, name: str) -> float:
+        return float(re.search(rf"^{name} (\S+)$", text, re.M).group(1))
+
+    before = (await client.get("/metrics")).text
+    files = [("files", (f"{i}.png", encoded_image(i), "image/png")) for i in range(3)]
+    assert (await client.post("/classify", files=files)).status_code == 200
+    assert (await client.post("/classify", content=b"junk", headers=PNG)).status_code == 400
+    after = (await client.get("/metrics")).text
+    count = "transxnet_preprocess_seconds_count"
+    assert sample(after, count) - sample(before, count) == 3
+    took = sample(after, "transxnet_preprocess_seconds_sum") - sample(
+        before, "transxnet_preprocess_seconds_sum"
+    )
+    assert 0 < took < 3.0
+
+
 async def test_openapi_documents_bodies_errors_and_examples(client) -> None:
     spec = (await client.get("/openapi.json")).json()
     for path in ("/classify", "/features"):
