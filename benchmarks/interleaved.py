@@ -19,13 +19,15 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from benchmarks.loadgen import jpeg_corpus
-from benchmarks.service_bench import ROOT, ServerSpec, bench_server, ensure_model
+from benchmarks.service_bench import ROOT, WARMUP_REQUESTS, ServerSpec, bench_server, ensure_model, level_row
 
 SERVERS = (ServerSpec("service", "service"), ServerSpec("litserve", "litserve"))
 
 
 def _row(server: dict, concurrency: int) -> dict:
-    return next(row for row in server["levels"] if row["concurrency"] == concurrency)
+    row = level_row(server, concurrency)
+    assert row is not None, f"{server['name']} has no level {concurrency}"
+    return row
 
 
 def summarise(rounds: list[dict[str, dict]], levels: Sequence[int]) -> dict:
@@ -93,7 +95,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     for index in range(args.rounds):
         print(f"round {index + 1} of {args.rounds}", flush=True)
         rounds.append(
-            {spec.name: bench_server(spec, model, blobs, levels, args.requests, 24) for spec in SERVERS}
+            {
+                spec.name: bench_server(spec, model, blobs, levels, args.requests, WARMUP_REQUESTS)
+                for spec in SERVERS
+            }
         )
     report["loadavg_after"] = [round(x, 2) for x in os.getloadavg()]
     report["summary"] = summarise(rounds, levels)

@@ -67,6 +67,7 @@ QUEUE_METRIC = "transxnet_queue_wait_seconds"
 INFERENCE_METRIC = "transxnet_inference_seconds"
 REQUEST_METRIC = "transxnet_request_duration_seconds"
 PREPROCESS_METRIC = "transxnet_preprocess_seconds"
+WARMUP_REQUESTS = 24  # per server before measuring (8 with --quick)
 
 
 # --------------------------------------------------------------------------- servers
@@ -297,7 +298,8 @@ def bench_server(
 # --------------------------------------------------------------------------- report
 
 
-def _level(server: dict, concurrency: int) -> dict | None:
+def level_row(server: dict, concurrency: int) -> dict | None:
+    """A `bench_server` result's row for one concurrency level, if it ran."""
     return next((row for row in server["levels"] if row["concurrency"] == concurrency), None)
 
 
@@ -318,8 +320,8 @@ def evaluate_targets(report: dict) -> list[dict]:
     service = _server(report, "service")
     if service is None:
         return targets
-    c16 = _level(service, 16)
-    c1 = _level(service, 1)
+    c16 = level_row(service, 16)
+    c1 = level_row(service, 1)
     if c16:
         ratio = c16["throughput_img_s"] / best["images_per_s"]
         targets.append(
@@ -341,8 +343,8 @@ def evaluate_targets(report: dict) -> list[dict]:
             }
         )
     lit = _server(report, "litserve")
-    if c16 and lit and _level(lit, 16):
-        l16 = _level(lit, 16)
+    if c16 and lit and level_row(lit, 16):
+        l16 = level_row(lit, 16)
         assert l16 is not None
         ratio = c16["throughput_img_s"] / max(l16["throughput_img_s"], 1e-9)
         targets.append(
@@ -418,7 +420,7 @@ def bounds_text(report: dict) -> list[str]:
         "bounds it when ORT already "
         "uses every core.",
     ]
-    c16 = _level(service, 16)
+    c16 = level_row(service, 16)
     if c16:
         lines.append(
             f"- At c=16 the server used {c16['server_cpu_percent']:.0f}% CPU of {100 * cores}%: "
@@ -615,7 +617,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "service-nobatch": ServerSpec("service-nobatch", "service", (("TRANSXNET_MAX_BATCH_SIZE", "1"),)),
         "litserve": ServerSpec("litserve", "litserve"),
     }
-    warmup = 8 if args.quick else 24
+    warmup = 8 if args.quick else WARMUP_REQUESTS
     report["servers"] = []
     for name in args.servers.split(","):
         print(f"{name}:", flush=True)
