@@ -279,11 +279,11 @@ class TwoGroupIDConv(nn.Module):
         difference = _pointwise_conv(weight[:half] - weight[half:], bias[:half] - bias[half:], last.weight)
         self.proj = nn.Sequential(idconv.proj[0], difference)
         values, biases = idconv.weight.detach().double(), idconv.bias.detach().double()
-        dtype = idconv.weight.dtype
-        self.register_buffer("weight_low", values[1].to(dtype))
-        self.register_buffer("weight_span", (values[0] - values[1]).to(dtype))
-        self.register_buffer("bias_low", biases[1].to(dtype))
-        self.register_buffer("bias_span", (biases[0] - biases[1]).to(dtype))
+        like = idconv.weight  # dtype and device, as for the rebuilt convs
+        self.register_buffer("weight_low", values[1].to(like))
+        self.register_buffer("weight_span", (values[0] - values[1]).to(like))
+        self.register_buffer("bias_low", biases[1].to(like))
+        self.register_buffer("bias_span", (biases[0] - biases[1]).to(like))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         b, c, _, _ = x.shape
