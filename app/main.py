@@ -210,8 +210,17 @@ def create_app(settings: Settings | None = None, *, runner: RunnerOverride | Non
         onnx_runner = OnnxRunner(loaded)
         service.output_shapes = onnx_runner.output_shapes()
         service.preprocessor = ImagePreprocessor(
-            metadata, max_image_bytes=settings.max_image_bytes, max_image_pixels=settings.max_image_pixels
+            metadata,
+            max_image_bytes=settings.max_image_bytes,
+            max_image_pixels=settings.max_image_pixels,
+            jpeg_reducing_gap=settings.jpeg_reducing_gap,
         )
+        if settings.jpeg_reducing_gap:
+            logger.info(
+                "JPEG_REDUCING_GAP=%g: large JPEGs are decoded at reduced scale, so preprocessing is "
+                "close to but not pixel-exact with timm's eval transform",
+                settings.jpeg_reducing_gap,
+            )
         service.pool = ThreadPoolExecutor(
             settings.resolved_preprocess_workers, thread_name_prefix="preprocess"
         )

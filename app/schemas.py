@@ -128,6 +128,8 @@ class ModelInfo(BaseModel):
                     "resize_size": 248,
                     "crop_pct": 0.9,
                     "interpolation": "bicubic",
+                    "pixel_exact": True,
+                    "jpeg_reducing_gap": 0.0,
                     "mean": [0.485, 0.456, 0.406],
                     "std": [0.229, 0.224, 0.225],
                     "num_classes": 1000,
@@ -158,6 +160,10 @@ class ModelInfo(BaseModel):
     resize_size: int
     crop_pct: float
     interpolation: str
+    pixel_exact: bool = Field(description="Whether every image gets exactly timm's eval transform.")
+    jpeg_reducing_gap: float = Field(
+        description="0, or how far above the resize target large JPEGs are decoded at reduced scale."
+    )
     mean: list[float]
     std: list[float]
     num_classes: int

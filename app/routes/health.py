@@ -64,8 +64,13 @@ async def readyz(service: Service) -> ReadyResponse:
     description="What the served model expects and returns, the providers it runs on and the limits.",
 )
 async def models(service: Service) -> ModelInfo:
-    meta, loaded, settings = service.metadata, service.loaded, service.settings
-    if meta is None or loaded is None:
+    meta, loaded, settings, preprocessor = (
+        service.metadata,
+        service.loaded,
+        service.settings,
+        service.preprocessor,
+    )
+    if meta is None or loaded is None or preprocessor is None:
         raise NotReadyError("the model is not loaded yet")
     return ModelInfo(
         model=meta.variant,
@@ -73,6 +78,8 @@ async def models(service: Service) -> ModelInfo:
         resize_size=meta.resize_size,
         crop_pct=meta.crop_pct,
         interpolation=meta.interpolation,
+        pixel_exact=preprocessor.pixel_exact,
+        jpeg_reducing_gap=preprocessor.jpeg_reducing_gap,
         mean=list(meta.mean),
         std=list(meta.std),
         num_classes=meta.num_classes,

@@ -62,11 +62,13 @@ def make_preprocessor(
     *,
     max_image_bytes: int = 20_000_000,
     max_image_pixels: int = 40_000_000,
+    jpeg_reducing_gap: float = 0.0,
 ) -> ImagePreprocessor:
     return ImagePreprocessor(
         make_metadata(image_size, crop_pct),
         max_image_bytes=max_image_bytes,
         max_image_pixels=max_image_pixels,
+        jpeg_reducing_gap=jpeg_reducing_gap,
     )
 
 
@@ -380,6 +382,99 @@ def test_an_unreadable_exif_block_is_logged_and_the_image_served(
         decoded = preprocessor.decode(encode(Image.fromarray(rgb), "PNG"))
     np.testing.assert_array_equal(np.asarray(decoded), rgb)
     assert "EXIF" in caplog.text
+
+
+# --- reduced-scale JPEG decoding (opt-in, not pixel-exact) ---------------------------------------
+
+
+@pytest.fixture(scope="module")
+def phone_photo() -> bytes:
+    """A 4032 x 3024 JPEG (a 12-Mpixel phone photo's size) with real photographic content."""
+    with Image.open(PHOTOS / "astronaut.png") as photo:
+        large = photo.convert("RGB").resize((4032, 3024), Image.Resampling.BICUBIC)
+    return encode(large, "JPEG", quality=90)
+
+
+@pytest.mark.parametrize(
+    ("gap", "stored", "decoded"),
+    [
+        # Resize target 330 x 248; libjpeg scales by the largest of 8, 4, 2 that keeps gap x target.
+        (1.0, (4032, 3024), (504, 378)),  # 3024 // 248 = 12 -> 1/8
+        (2.0, (4032, 3024), (1008, 756)),  # 3024 // 496 = 6 -> 1/4
+        (2.0, (2000, 1500), (1000, 750)),  # 1500 // 496 = 3 -> 1/2
+        (2.0, (900, 600), (900, 600)),  # 600 // 496 = 1: nothing to gain, decoded as stored
+        (1.0, (3024, 4032), (378, 504)),  # portrait: the shorter side still decides
+    ],
+)
+def test_reducing_gap_decodes_large_jpegs_at_the_scale_the_gap_allows(
+    gap: float, stored: tuple[int, int], decoded: tuple[int, int]
+) -> None:
+    data = encode(Image.fromarray(gradient_rgb(*stored)), "JPEG", quality=85)
+    assert make_preprocessor(jpeg_reducing_gap=gap).decode(data).size == decoded
+    assert make_preprocessor().decode(data).size == stored  # off by default
+
+
+@pytest.mark.parametrize("gap", [1.0, 2.0])
+def test_reduced_scale_decoding_stays_close_to_the_exact_transform(phone_photo: bytes, gap: float) -> None:
+    exact = make_preprocessor()
+    reduced = make_preprocessor(jpeg_reducing_gap=gap)
+    expected = exact.transform(exact.decode(phone_photo)).astype(np.int16)
+    pixels = reduced.transform(reduced.decode(phone_photo))
+    assert pixels.shape == expected.shape == (224, 224, 3)
+    diff = np.abs(pixels.astype(np.int16) - expected)
+    # Measured: mean 0.63 / max 13 grey levels at gap 1, 0.22 / 3 at gap 2. A wrong crop, scale or
+    # orientation would move the mean by tens of levels; an unreduced decode would give exactly 0.
+    assert 0 < diff.mean() < (1.0 if gap == 1.0 else 0.4)
+    assert diff.max() <= (20 if gap == 1.0 else 6)
+
+
+def test_reduced_scale_decoding_matches_timm_where_it_cannot_reduce(reference: dict[str, np.ndarray]) -> None:
+    # hubble_deep_field.jpg is 1000 x 872: at gap 2 (568 x 496 needed) no 1/2 decode fits, so the
+    # result must still be timm's, bit for bit; at gap 1 it decodes at 1/2 and must stay close.
+    key = "hubble_deep_field.jpg|224|0.9"
+    data = (PHOTOS / "hubble_deep_field.jpg").read_bytes()
+    at_two = make_preprocessor(jpeg_reducing_gap=2.0)
+    np.testing.assert_array_equal(at_two.transform(at_two.decode(data)), reference[key])
+    at_one = make_preprocessor(jpeg_reducing_gap=1.0)
+    image = at_one.decode(data)
+    assert image.size == (500, 436)
+    diff = np.abs(at_one.transform(image).astype(np.int16) - reference[key].astype(np.int16))
+    assert 0 < diff.mean() < 1.0  # measured 0.58 on this star field, the worst case for a low-pass
+
+
+def test_reduced_scale_decoding_applies_exif_orientation_after_reducing() -> None:
+    exif = Image.Exif()
+    exif[0x0112] = 6  # rotate 90 degrees clockwise to display
+    stored = np.zeros((1000, 2000, 3), dtype=np.uint8)
+    stored[:, :1000] = (255, 0, 0)  # left half red: the top once rotated
+    data = encode(Image.fromarray(stored), "JPEG", quality=90, exif=exif.tobytes())
+    decoded = np.asarray(make_preprocessor(jpeg_reducing_gap=2.0).decode(data))
+    assert decoded.shape == (1000, 500, 3)  # 2000 x 1000 stored, 1/2 scale, then rotated
+    assert decoded[10, 250, 0] > 200 and decoded[990, 250, 0] < 50
+
+
+def test_reduced_scale_decoding_leaves_other_formats_exact() -> None:
+    rgb = gradient_rgb(2000, 1500)
+    reduced = make_preprocessor(jpeg_reducing_gap=1.0)
+    exact = make_preprocessor()
+    data = encode(Image.fromarray(rgb), "PNG")
+    np.testing.assert_array_equal(reduced(data), exact(data))
+    assert not exact.jpeg_reducing_gap and exact.pixel_exact and not reduced.pixel_exact
+
+
+def test_reduced_scale_decoding_keeps_the_limits_and_refusals(phone_photo: bytes) -> None:
+    # The pixel limit is on the stored size, not the reduced one.
+    tight = make_preprocessor(max_image_pixels=4032 * 3024 - 1, jpeg_reducing_gap=1.0)
+    with pytest.raises(PayloadTooLargeError, match="4032x3024"):
+        tight.decode(phone_photo)
+    with pytest.raises(ImageDecodeError, match="truncated or corrupt"):
+        make_preprocessor(jpeg_reducing_gap=1.0).decode(phone_photo[: len(phone_photo) // 2])
+
+
+@pytest.mark.parametrize("gap", [0.5, -1.0, float("nan")])
+def test_reducing_gap_between_zero_and_one_is_refused(gap: float) -> None:
+    with pytest.raises(ValueError, match="jpeg_reducing_gap"):
+        make_preprocessor(jpeg_reducing_gap=gap)
 
 
 # --- refusals --------------------------------------------------------------------------------------

@@ -190,6 +190,14 @@ async def test_models_endpoint_describes_the_served_model(client) -> None:
     assert info["outputs"]["stage1"] == ["N", STAGE_CHANNELS[0], 56, 56]
     assert info["limits"]["max_batch_size"] == 8
     assert info["providers"] == ["CPUExecutionProvider"]
+    assert (info["pixel_exact"], info["jpeg_reducing_gap"]) == (True, 0.0)
+
+
+async def test_models_endpoint_says_when_preprocessing_is_not_pixel_exact(fake_model_path) -> None:
+    async with running_app(make_settings(fake_model_path, jpeg_reducing_gap=2.0)) as client:
+        info = (await client.get("/v1/models")).json()
+        assert (info["pixel_exact"], info["jpeg_reducing_gap"]) == (False, 2.0)
+        assert client.app.state.service.preprocessor.jpeg_reducing_gap == 2.0
 
 
 async def test_metrics_count_requests_by_route_and_status(client) -> None:

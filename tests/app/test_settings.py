@@ -26,6 +26,8 @@ def test_settings_read_prefixed_environment_variables(monkeypatch: pytest.Monkey
         ("TRANSXNET_PORT", "70000"),
         ("TRANSXNET_REQUEST_TIMEOUT_S", "-1"),
         ("TRANSXNET_LOG_FORMAT", "xml"),
+        ("TRANSXNET_JPEG_REDUCING_GAP", "-1"),
+        ("TRANSXNET_JPEG_REDUCING_GAP", "nan"),
     ],
 )
 def test_invalid_value_gives_one_line_message_naming_the_variable(
@@ -43,6 +45,25 @@ def test_invalid_value_gives_one_line_message_naming_the_variable(
 def test_request_larger_than_the_queue_is_refused_as_a_combination() -> None:
     with pytest.raises(SettingsError, match="TRANSXNET_MAX_QUEUE_SIZE"):
         load_settings(max_queue_size=8, max_images_per_request=32)
+
+
+@pytest.mark.parametrize("gap", ["0.5", "0.999"])
+def test_reducing_gap_below_one_is_refused_with_the_values_that_work(
+    monkeypatch: pytest.MonkeyPatch, gap: str
+) -> None:
+    monkeypatch.setenv("TRANSXNET_JPEG_REDUCING_GAP", gap)
+    with pytest.raises(
+        SettingsError, match=r"TRANSXNET_JPEG_REDUCING_GAP to 0 \(pixel-exact\) or a value >= 1"
+    ):
+        load_settings()
+
+
+@pytest.mark.parametrize(("gap", "expected"), [("0", 0.0), ("1", 1.0), ("2.0", 2.0)])
+def test_reducing_gap_accepts_off_and_values_from_one(
+    monkeypatch: pytest.MonkeyPatch, gap: str, expected: float
+) -> None:
+    monkeypatch.setenv("TRANSXNET_JPEG_REDUCING_GAP", gap)
+    assert load_settings().jpeg_reducing_gap == expected
 
 
 def test_missing_model_file_says_how_to_export_one(tmp_path: Path) -> None:
