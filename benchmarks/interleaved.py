@@ -1,12 +1,14 @@
-"""The service against LitServe, alternating, several rounds: the comparison one run cannot make.
+"""Two servers alternating, several rounds: the comparison one run cannot make.
 
 On a shared 2-core host whole benchmark runs minutes apart differ by up to 1.4x, more than the
 difference being measured. Running the two servers one after the other, round after round, puts
 both under the same drift; the per-round ratio and its median are what to quote.
 
-    python -m benchmarks.interleaved --rounds 5 --concurrency 1,16
+    python -m benchmarks.interleaved --rounds 5 --concurrency 1,16            # service vs LitServe
+    python -m benchmarks.interleaved --servers service-jpeg-draft,service --corpus phone
 
-Writes `benchmarks/results/interleaved.{md,json}`.
+Writes `benchmarks/results/interleaved.{md,json}` for the default pair and corpus, otherwise
+`interleaved_<first>_vs_<second>[_<corpus>].{md,json}`.
 """
 
 from __future__ import annotations
@@ -18,10 +20,17 @@ import statistics
 from collections.abc import Sequence
 from pathlib import Path
 
-from benchmarks.loadgen import jpeg_corpus
-from benchmarks.service_bench import ROOT, WARMUP_REQUESTS, ServerSpec, bench_server, ensure_model, level_row
+from benchmarks.loadgen import CORPORA, jpeg_corpus
+from benchmarks.service_bench import (
+    ROOT,
+    SERVER_SPECS,
+    WARMUP_REQUESTS,
+    bench_server,
+    ensure_model,
+    level_row,
+)
 
-SERVERS = (ServerSpec("service", "service"), ServerSpec("litserve", "litserve"))
+DEFAULT_SERVERS = "service,litserve"
 
 
 def _row(server: dict, concurrency: int) -> dict:
@@ -30,21 +39,20 @@ def _row(server: dict, concurrency: int) -> dict:
     return row
 
 
-def summarise(rounds: list[dict[str, dict]], levels: Sequence[int]) -> dict:
-    """Per level: each round's throughput ratio (service / LitServe), p99s and p50s, and medians."""
+def summarise(rounds: list[dict[str, dict]], names: tuple[str, str], levels: Sequence[int]) -> dict:
+    """Per level: each round's throughput ratio (first / second), p99s and p50s, and medians."""
+    first, second = names
     summary = {}
     for concurrency in levels:
         rows = [{name: _row(r[name], concurrency) for name in r} for r in rounds]
-        ratios = [row["service"]["throughput_img_s"] / row["litserve"]["throughput_img_s"] for row in rows]
+        ratios = [row[first]["throughput_img_s"] / row[second]["throughput_img_s"] for row in rows]
         summary[str(concurrency)] = {
             "throughput_ratio_per_round": [round(x, 3) for x in ratios],
             "median_throughput_ratio": round(statistics.median(ratios), 3),
-            "rounds_with_lower_p99": sum(
-                row["service"]["p99_ms"] < row["litserve"]["p99_ms"] for row in rows
-            ),
+            "rounds_with_lower_p99": sum(row[first]["p99_ms"] < row[second]["p99_ms"] for row in rows),
             **{
                 f"{name}_{key}": [row[name][key] for row in rows]
-                for name in ("service", "litserve")
+                for name in names
                 for key in ("throughput_img_s", "p50_ms", "p99_ms")
             },
         }
@@ -52,24 +60,27 @@ def summarise(rounds: list[dict[str, dict]], levels: Sequence[int]) -> dict:
 
 
 def markdown(report: dict) -> str:
+    first, second = report["servers"]
     lines = [
-        f"# Service vs LitServe, interleaved ({report['rounds']} rounds)",
+        f"# {first} vs {second}, interleaved ({report['rounds']} rounds)",
         "",
         f"{report['cpus']} CPUs, load average before {report['loadavg_before']}, after "
-        f"{report['loadavg_after']}. {report['requests']} one-JPEG requests per level and server; the "
-        "servers alternate, each in a fresh process, with the settings of `benchmarks/service_bench.py`.",
+        f"{report['loadavg_after']}. {report['requests']} one-JPEG requests per level and server "
+        f"(corpus `{report['corpus']}`); the servers alternate, each in a fresh process, with the "
+        "settings of `benchmarks/service_bench.py`.",
         "",
-        "| c | service img/s | LitServe img/s | ratio per round | median ratio | service p99 lower | "
-        "p50 service / LitServe (median) |",
+        f"| c | {first} img/s | {second} img/s | ratio per round | median ratio | {first} p99 lower | "
+        f"p50 {first} / {second} (median) |",
         "|---|---|---|---|---|---|---|",
     ]
     for concurrency, level in report["summary"].items():
         lines.append(
-            f"| {concurrency} | {level['service_throughput_img_s']} | {level['litserve_throughput_img_s']} | "
+            f"| {concurrency} | {level[f'{first}_throughput_img_s']} | "
+            f"{level[f'{second}_throughput_img_s']} | "
             f"{level['throughput_ratio_per_round']} | {level['median_throughput_ratio']:.2f}x | "
             f"{level['rounds_with_lower_p99']} of {report['rounds']} | "
-            f"{statistics.median(level['service_p50_ms']):.0f} / "
-            f"{statistics.median(level['litserve_p50_ms']):.0f} ms |"
+            f"{statistics.median(level[f'{first}_p50_ms']):.0f} / "
+            f"{statistics.median(level[f'{second}_p50_ms']):.0f} ms |"
         )
     return "\n".join(lines) + "\n"
 
@@ -80,12 +91,23 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--concurrency", default="1,16")
     parser.add_argument("--requests", type=int, default=240)
+    parser.add_argument(
+        "--servers",
+        default=DEFAULT_SERVERS,
+        help=f"two of {', '.join(SERVER_SPECS)}; ratios are first/second",
+    )
+    parser.add_argument("--corpus", choices=sorted(CORPORA), default="web")
     parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results")
     args = parser.parse_args(argv)
+    names = tuple(args.servers.split(","))
+    if len(names) != 2 or len(set(names)) != 2 or not set(names) <= set(SERVER_SPECS):
+        parser.error(f"--servers takes two different names from {', '.join(SERVER_SPECS)}")
     levels = [int(c) for c in args.concurrency.split(",")]
     model = ensure_model(args.model)
-    blobs = jpeg_corpus()
+    blobs = jpeg_corpus(CORPORA[args.corpus])
     report: dict = {
+        "servers": list(names),
+        "corpus": args.corpus,
         "rounds": args.rounds,
         "requests": args.requests,
         "cpus": os.cpu_count(),
@@ -96,17 +118,20 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"round {index + 1} of {args.rounds}", flush=True)
         rounds.append(
             {
-                spec.name: bench_server(spec, model, blobs, levels, args.requests, WARMUP_REQUESTS)
-                for spec in SERVERS
+                name: bench_server(SERVER_SPECS[name], model, blobs, levels, args.requests, WARMUP_REQUESTS)
+                for name in names
             }
         )
     report["loadavg_after"] = [round(x, 2) for x in os.getloadavg()]
-    report["summary"] = summarise(rounds, levels)
+    report["summary"] = summarise(rounds, names, levels)  # type: ignore[arg-type]
     report["raw"] = rounds
+    stem = "interleaved"
+    if args.servers != DEFAULT_SERVERS or args.corpus != "web":
+        stem += f"_{names[0]}_vs_{names[1]}" + ("" if args.corpus == "web" else f"_{args.corpus}")
     args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / "interleaved.json").write_text(json.dumps(report, indent=2))
+    (args.out / f"{stem}.json").write_text(json.dumps(report, indent=2))
     text = markdown(report)
-    (args.out / "interleaved.md").write_text(text)
+    (args.out / f"{stem}.md").write_text(text)
     print(text)
     return 0
 

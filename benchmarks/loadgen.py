@@ -25,6 +25,10 @@ ROOT = Path(__file__).resolve().parents[1]
 PHOTOS = ROOT / "tests" / "fixtures" / "preprocess" / "photos"
 #: Longer sides the photos are re-encoded at: thumbnails to a typical phone upload downscaled by a CDN.
 CORPUS_SIDES = (256, 480, 800, 1024)
+#: A 12-Mpixel phone camera's longer side: uploads sent as taken, never resized by a client.
+PHONE_SIDES = (4032,)
+#: The load corpora by name: `web` is the default; `phone` is where decoding dominates.
+CORPORA: dict[str, tuple[int, ...]] = {"web": CORPUS_SIDES, "phone": PHONE_SIDES}
 
 
 def jpeg_corpus(sides: Sequence[int] = CORPUS_SIDES, quality: int = 88) -> list[bytes]:

@@ -13,13 +13,17 @@ What one run measures, each server in its own process, one at a time (so they ne
 4. `litserve`: LitServe on the same ONNX file and preprocessing, its own batching on
    (`benchmarks/litserve_peer.py` says how it is configured);
 5. with `--sweep` (default in full runs): service settings that matter on a small CPU box
-   (intra-op threads, preprocess workers, batch delay, max batch) at concurrency 1 and 16.
+   (intra-op threads, preprocess workers, batch delay, max batch, reduced-scale JPEG decoding) at
+   concurrency 1 and 16.
 
-Load: a closed loop of one-JPEG multipart requests (the sample photos re-encoded at 256..1024 px) at
-concurrency 1, 4, 16, 64. Reported per level: throughput, latency p50/p90/p99, errors, the batch-size
-distribution and mean queue wait / inference time (from the service's /metrics, diffed around the
-level), and the server's CPU% and peak RSS (psutil, process tree). Results go to
-`benchmarks/results/service_bench[_quick].{md,json,png}`.
+`--servers` also takes `service-jpeg-draft` (the service with TRANSXNET_JPEG_REDUCING_GAP=2).
+
+Load: a closed loop of one-JPEG multipart requests (the sample photos re-encoded at 256..1024 px;
+`--corpus phone`: at 4032 px, as a phone uploads them) at concurrency 1, 4, 16, 64. Reported per
+level: throughput, latency p50/p90/p99, errors, the batch-size distribution and mean queue wait /
+inference time (from the service's /metrics, diffed around the level), and the server's CPU% and
+peak RSS (psutil, process tree). Results go to `benchmarks/results/service_bench[_quick][_phone].
+{md,json,png}`.
 
 The numbers mean something only on a quiet machine: the run records the load average before it
 starts and warns when other work is running.
@@ -50,6 +54,7 @@ if str(ROOT) not in sys.path:  # `python benchmarks/service_bench.py` works too
     sys.path.insert(0, str(ROOT))
 
 from benchmarks.loadgen import (  # noqa: E402
+    CORPORA,
     Histogram,
     LoadResult,
     ProcessSampler,
@@ -117,6 +122,18 @@ class ServerSpec:
     @property
     def ready_path(self) -> str:
         return "/health" if self.kind == "litserve" else "/readyz"
+
+
+#: The servers a run can compare, by `--servers` name.
+SERVER_SPECS: dict[str, ServerSpec] = {
+    "service": ServerSpec("service", "service"),
+    "service-nobatch": ServerSpec("service-nobatch", "service", (("TRANSXNET_MAX_BATCH_SIZE", "1"),)),
+    # The opt-in reduced-scale JPEG decoding (not pixel-exact), at Pillow's thumbnail default.
+    "service-jpeg-draft": ServerSpec(
+        "service-jpeg-draft", "service", (("TRANSXNET_JPEG_REDUCING_GAP", "2.0"),)
+    ),
+    "litserve": ServerSpec("litserve", "litserve"),
+}
 
 
 @contextlib.contextmanager
@@ -190,7 +207,9 @@ def measure_ceiling(model: Path, batch_sizes: Sequence[int], seconds: float, int
     return json.loads(result.stdout.strip().splitlines()[-1])
 
 
-def measure_preprocessing(model: Path, blobs: Sequence[bytes], repeats: int) -> dict[str, float]:
+def measure_preprocessing(
+    model: Path, blobs: Sequence[bytes], repeats: int, jpeg_reducing_gap: float = 0.0
+) -> dict[str, float]:
     """Per-image milliseconds of each CPU step outside the model, single-threaded, on the corpus."""
     import onnxruntime as ort
 
@@ -201,7 +220,12 @@ def measure_preprocessing(model: Path, blobs: Sequence[bytes], repeats: int) -> 
     options = ort.SessionOptions()
     options.intra_op_num_threads = 1
     metadata = read_metadata(ort.InferenceSession(str(model), options, providers=["CPUExecutionProvider"]))
-    pre = ImagePreprocessor(metadata, max_image_bytes=20 * 2**20, max_image_pixels=40_000_000)
+    pre = ImagePreprocessor(
+        metadata,
+        max_image_bytes=20 * 2**20,
+        max_image_pixels=40_000_000,
+        jpeg_reducing_gap=jpeg_reducing_gap,
+    )
     totals = {"decode": 0.0, "resize_crop": 0.0, "normalize": 0.0, "serialize": 0.0}
     logits = np.random.default_rng(0).standard_normal(metadata.num_classes).astype(np.float32)
     count = 0
@@ -443,7 +467,8 @@ def markdown(report: dict) -> str:
         f"{report['machine'].get('loadavg_after', '?')}. Model `{report['model']}`. "
         f"{report['requests_per_level']} one-JPEG multipart requests per level "
         "(at least 2x the concurrency), "
-        f"corpus of {report['corpus']['images']} JPEGs ({report['corpus']['mean_kib']:.0f} KiB mean).",
+        f"corpus `{report['corpus']['name']}`: {report['corpus']['images']} JPEGs, longer side "
+        f"{report['corpus']['sides']} px, {report['corpus']['mean_kib']:.0f} KiB mean.",
         "",
         "| server | concurrency | img/s | p50 ms | p90 ms | p99 ms | errors | mean batch | server CPU % "
         "| peak RSS MiB |",
@@ -481,6 +506,23 @@ def markdown(report: dict) -> str:
                     f"| {server['name']} | {row['concurrency']} | {row['batches']} | "
                     f"{row['batch_size_histogram']} |"
                 )
+    lines += [
+        "",
+        "## Preprocessing per image (single-threaded, on the corpus)",
+        "",
+        "| decoding | decode | resize+crop | normalise | serialise | total |",
+        "|---|---|---|---|---|---|",
+    ]
+    for label, key in (
+        ("pixel-exact (default)", "preprocessing_ms_per_image"),
+        ("JPEG_REDUCING_GAP=2", "preprocessing_reduced_ms_per_image"),
+    ):
+        if key in report:
+            pre = report[key]
+            lines.append(
+                f"| {label} | {pre['decode']:.2f} ms | {pre['resize_crop']:.2f} ms | "
+                f"{pre['normalize']:.2f} ms | {pre['serialize']:.2f} ms | {sum(pre.values()):.2f} ms |"
+            )
     lines += ["", "## Targets", "", "| target | measured | met |", "|---|---|---|"]
     for target in report["targets"]:
         lines.append(f"| {target['target']} | {target['measured']} | {'yes' if target['met'] else 'NO'} |")
@@ -548,6 +590,7 @@ SWEEP: tuple[tuple[str, dict[str, str]], ...] = (
     ("wait=always", {"TRANSXNET_BATCH_WAIT": "always"}),
     ("delay=20ms", {"TRANSXNET_MAX_BATCH_DELAY_MS": "20"}),
     ("max_batch=4", {"TRANSXNET_MAX_BATCH_SIZE": "4"}),
+    ("jpeg_reducing_gap=2", {"TRANSXNET_JPEG_REDUCING_GAP": "2.0"}),
 )
 
 
@@ -570,7 +613,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--quick", action="store_true", help="few requests, short ceiling, no sweep")
     parser.add_argument("--concurrency", default="1,4,16,64")
     parser.add_argument("--requests", type=int, default=None, help="per level (default 240, quick 32)")
-    parser.add_argument("--servers", default="service,service-nobatch,litserve")
+    parser.add_argument(
+        "--servers", default="service,service-nobatch,litserve", help=f"from {', '.join(SERVER_SPECS)}"
+    )
+    parser.add_argument(
+        "--corpus",
+        choices=sorted(CORPORA),
+        default="web",
+        help="web: photos at 256-1024 px (default); phone: 4032 px uploads, where decoding dominates",
+    )
     parser.add_argument(
         "--sweep",
         action=argparse.BooleanOptionalAction,
@@ -579,6 +630,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     parser.add_argument("--out", type=Path, default=RESULTS)
     args = parser.parse_args(argv)
+    unknown = [name for name in args.servers.split(",") if name not in SERVER_SPECS]
+    if unknown:
+        parser.error(f"unknown --servers {unknown}: choose from {', '.join(SERVER_SPECS)}")
 
     model = ensure_model(args.model.resolve())
     levels = [int(c) for c in args.concurrency.split(",") if c]
@@ -589,7 +643,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if loadavg[0] > 0.5:
         print(f"WARNING: load average {loadavg[0]:.2f} before the run: numbers will be noisy", flush=True)
 
-    blobs = jpeg_corpus()
+    blobs = jpeg_corpus(CORPORA[args.corpus])
     report: dict = {
         "mode": mode,
         "model": str(model.relative_to(ROOT) if model.is_relative_to(ROOT) else model),
@@ -600,10 +654,19 @@ def main(argv: Sequence[str] | None = None) -> int:
             "loadavg_before": [round(x, 2) for x in loadavg],
         },
         "requests_per_level": requests,
-        "corpus": {"images": len(blobs), "mean_kib": float(np.mean([len(b) for b in blobs]) / 1024)},
+        "corpus": {
+            "name": args.corpus,
+            "sides": list(CORPORA[args.corpus]),
+            "images": len(blobs),
+            "mean_kib": float(np.mean([len(b) for b in blobs]) / 1024),
+        },
     }
     print("measuring preprocessing and the raw ORT ceiling ...", flush=True)
-    report["preprocessing_ms_per_image"] = measure_preprocessing(model, blobs, repeats=1 if args.quick else 3)
+    repeats = 1 if args.quick else 3
+    report["preprocessing_ms_per_image"] = measure_preprocessing(model, blobs, repeats)
+    report["preprocessing_reduced_ms_per_image"] = measure_preprocessing(
+        model, blobs, repeats, jpeg_reducing_gap=2.0
+    )
     ceiling_sizes = [1, 4, 16] if args.quick else [1, 2, 4, 8, 16]
     report["ceiling"] = measure_ceiling(model, ceiling_sizes, 2.0 if args.quick else 6.0, intra_op=0)
     for size, row in report["ceiling"]["batch_sizes"].items():
@@ -612,16 +675,11 @@ def main(argv: Sequence[str] | None = None) -> int:
             f"({row['batch_ms_p50']:.0f} ms/batch)"
         )
 
-    specs = {
-        "service": ServerSpec("service", "service"),
-        "service-nobatch": ServerSpec("service-nobatch", "service", (("TRANSXNET_MAX_BATCH_SIZE", "1"),)),
-        "litserve": ServerSpec("litserve", "litserve"),
-    }
     warmup = 8 if args.quick else WARMUP_REQUESTS
     report["servers"] = []
     for name in args.servers.split(","):
         print(f"{name}:", flush=True)
-        report["servers"].append(bench_server(specs[name], model, blobs, levels, requests, warmup))
+        report["servers"].append(bench_server(SERVER_SPECS[name], model, blobs, levels, requests, warmup))
     report["sweep"] = []
     if sweep:
         sweep_levels = [c for c in levels if c in (1, 16)] or levels[:1]
@@ -635,7 +693,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     report["litserve_config"] = LITSERVE_CONFIG
 
     args.out.mkdir(parents=True, exist_ok=True)
-    stem = args.out / ("service_bench_quick" if args.quick else "service_bench")
+    stem = args.out / (
+        "service_bench"
+        + ("_quick" if args.quick else "")
+        + ("" if args.corpus == "web" else f"_{args.corpus}")
+    )
     stem.with_suffix(".json").write_text(json.dumps(report, indent=2) + "\n")
     text = markdown(report)
     stem.with_suffix(".md").write_text(text)
