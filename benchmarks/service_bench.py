@@ -586,7 +586,7 @@ def plot(report: dict, path: Path) -> None:
 SWEEP: tuple[tuple[str, dict[str, str]], ...] = (
     ("intra_op=1", {"TRANSXNET_INTRA_OP_THREADS": "1"}),
     ("intra_op=2", {"TRANSXNET_INTRA_OP_THREADS": "2"}),
-    ("preprocess_workers=2", {"TRANSXNET_PREPROCESS_WORKERS": "2"}),
+    ("preprocess_workers=1", {"TRANSXNET_PREPROCESS_WORKERS": "1"}),
     ("wait=always", {"TRANSXNET_BATCH_WAIT": "always"}),
     ("delay=20ms", {"TRANSXNET_MAX_BATCH_DELAY_MS": "20"}),
     ("max_batch=4", {"TRANSXNET_MAX_BATCH_SIZE": "4"}),

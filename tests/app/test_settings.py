@@ -66,6 +66,15 @@ def test_reducing_gap_accepts_off_and_values_from_one(
     assert load_settings().jpeg_reducing_gap == expected
 
 
+@pytest.mark.parametrize(("cores", "expected"), [(1, 2), (2, 2), (4, 2), (6, 3), (8, 4), (64, 4), (None, 2)])
+def test_default_preprocess_workers_are_half_the_cores_but_never_one(
+    monkeypatch: pytest.MonkeyPatch, cores: int | None, expected: int
+) -> None:
+    monkeypatch.setattr("app.settings.os.cpu_count", lambda: cores)
+    assert load_settings().resolved_preprocess_workers == expected
+    assert load_settings(preprocess_workers=1).resolved_preprocess_workers == 1
+
+
 def test_missing_model_file_says_how_to_export_one(tmp_path: Path) -> None:
     missing = tmp_path / "nope.onnx"
     with pytest.raises(SettingsError) as excinfo:
