@@ -31,8 +31,8 @@ Deliberate decisions a caller must know:
 - Pixel-exactness has one opt-out, `jpeg_reducing_gap` (off by default): with it, libjpeg decodes a
   large JPEG at 1/2, 1/4 or 1/8 scale in the DCT domain (Pillow's `draft`, what `Image.thumbnail`
   does) as long as the decoded image stays at least `gap` times the resize target. A 12-Mpixel phone
-  photo then costs ~15 ms instead of ~100 ms (2.0, measured in docs/benchmarks.md) at the price of a
-  slightly different low-pass filter: the uint8 crop moves by under half a grey level on average.
+  photo then costs 18 ms instead of 108 ms to preprocess (gap 2.0, docs/benchmarks.md) at the price
+  of a slightly different low-pass filter: the uint8 crop moves by about half a grey level on average.
   Images too small to reduce, and every other format, are unaffected and stay exact.
 - `ImagePreprocessor` holds no mutable state after `__init__`: call it from any number of threads
   (Pillow releases the GIL while decoding and resizing).
