@@ -7,8 +7,12 @@ both under the same drift; the per-round ratio and its median are what to quote.
     python -m benchmarks.interleaved --rounds 5 --concurrency 1,16            # service vs LitServe
     python -m benchmarks.interleaved --servers service-jpeg-draft,service --corpus phone
 
-Writes `benchmarks/results/interleaved.{md,json}` for the default pair and corpus, otherwise
-`interleaved_<first>_vs_<second>[_<corpus>].{md,json}`.
+Each round also measures raw ONNX Runtime (the ceiling, in its own process) just before the
+servers, so the first server's targets (c=1 p50 within 10 ms of the batch-1 model latency, c=16 at
+90% of the best-batch ceiling) are judged against a ceiling measured under the same host drift.
+
+Writes `benchmarks/results/interleaved.{md,json}` for the default pair, corpus and levels,
+otherwise `interleaved_<first>_vs_<second>[_<corpus>][_c<levels>].{md,json}`.
 """
 
 from __future__ import annotations
@@ -28,9 +32,13 @@ from benchmarks.service_bench import (
     bench_server,
     ensure_model,
     level_row,
+    measure_ceiling,
 )
 
 DEFAULT_SERVERS = "service,litserve"
+DEFAULT_LEVELS = "1,16"
+CEILING_BATCH_SIZES = (1, 2, 4, 8, 16)
+CEILING_SECONDS = 3.0
 
 
 def _row(server: dict, concurrency: int) -> dict:
@@ -39,12 +47,15 @@ def _row(server: dict, concurrency: int) -> dict:
     return row
 
 
-def summarise(rounds: list[dict[str, dict]], names: tuple[str, str], levels: Sequence[int]) -> dict:
-    """Per level: each round's throughput ratio (first / second), p99s and p50s, and medians."""
+def summarise(
+    rounds: list[dict[str, dict]], names: tuple[str, str], levels: Sequence[int], ceilings: list[dict]
+) -> dict:
+    """Per level: each round's throughput ratio (first / second), p99s and p50s, and medians; and the
+    first server's two latency/throughput targets against that round's own ceiling."""
     first, second = names
     summary = {}
     for concurrency in levels:
-        rows = [{name: _row(r[name], concurrency) for name in r} for r in rounds]
+        rows = [{name: _row(r[name], concurrency) for name in names} for r in rounds]
         ratios = [row[first]["throughput_img_s"] / row[second]["throughput_img_s"] for row in rows]
         summary[str(concurrency)] = {
             "throughput_ratio_per_round": [round(x, 3) for x in ratios],
@@ -56,6 +67,19 @@ def summarise(rounds: list[dict[str, dict]], names: tuple[str, str], levels: Seq
                 for key in ("throughput_img_s", "p50_ms", "p99_ms")
             },
         }
+        level = summary[str(concurrency)]
+        if concurrency == 1:
+            model_ms = [c["batch_sizes"]["1"]["batch_ms_p50"] for c in ceilings]
+            over = [row[first]["p50_ms"] - ms for row, ms in zip(rows, model_ms, strict=True)]
+            level["model_batch1_ms_per_round"] = [round(ms, 1) for ms in model_ms]
+            level[f"{first}_p50_over_model_ms_per_round"] = [round(x, 1) for x in over]
+            level[f"{first}_p50_over_model_ms_median"] = round(statistics.median(over), 1)
+        if concurrency == 16:
+            best = [max(b["images_per_s"] for b in c["batch_sizes"].values()) for c in ceilings]
+            share = [row[first]["throughput_img_s"] / b for row, b in zip(rows, best, strict=True)]
+            level["ceiling_best_img_s_per_round"] = [round(b, 1) for b in best]
+            level[f"{first}_share_of_ceiling_per_round"] = [round(x, 3) for x in share]
+            level[f"{first}_share_of_ceiling_median"] = round(statistics.median(share), 3)
     return summary
 
 
@@ -82,6 +106,25 @@ def markdown(report: dict) -> str:
             f"{statistics.median(level[f'{first}_p50_ms']):.0f} / "
             f"{statistics.median(level[f'{second}_p50_ms']):.0f} ms |"
         )
+    lines += ["", f"Targets for `{first}`, each round against raw ORT measured in the same round:", ""]
+    c1, c16 = report["summary"].get("1"), report["summary"].get("16")
+    if c1:
+        over = c1[f"{first}_p50_over_model_ms_per_round"]
+        lines.append(
+            f"- c=1 p50 minus the batch-1 model latency (target <= 10 ms): {over} ms, median "
+            f"{c1[f'{first}_p50_over_model_ms_median']} ms, met in {sum(x <= 10 for x in over)} of "
+            f"{len(over)} rounds (model {c1['model_batch1_ms_per_round']} ms)."
+        )
+    if c16:
+        share = c16[f"{first}_share_of_ceiling_per_round"]
+        percents = ", ".join(f"{100 * x:.0f}%" for x in share)
+        median = 100 * c16[f"{first}_share_of_ceiling_median"]
+        lines.append(
+            f"- c=16 throughput over raw ORT at its best batch size (target >= 90%): "
+            f"{percents}, median {median:.0f}%, "
+            f"met in {sum(x >= 0.9 for x in share)} of {len(share)} rounds "
+            f"(ceiling {c16['ceiling_best_img_s_per_round']} img/s)."
+        )
     return "\n".join(lines) + "\n"
 
 
@@ -89,7 +132,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", type=Path, default=ROOT / "models" / "transxnet_t.onnx")
     parser.add_argument("--rounds", type=int, default=5)
-    parser.add_argument("--concurrency", default="1,16")
+    parser.add_argument("--concurrency", default=DEFAULT_LEVELS)
     parser.add_argument("--requests", type=int, default=240)
     parser.add_argument(
         "--servers",
@@ -113,9 +156,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         "cpus": os.cpu_count(),
         "loadavg_before": [round(x, 2) for x in os.getloadavg()],
     }
-    rounds = []
+    rounds, ceilings = [], []
     for index in range(args.rounds):
         print(f"round {index + 1} of {args.rounds}", flush=True)
+        ceilings.append(measure_ceiling(model, CEILING_BATCH_SIZES, CEILING_SECONDS, intra_op=0))
         rounds.append(
             {
                 name: bench_server(SERVER_SPECS[name], model, blobs, levels, args.requests, WARMUP_REQUESTS)
@@ -123,11 +167,14 @@ def main(argv: Sequence[str] | None = None) -> int:
             }
         )
     report["loadavg_after"] = [round(x, 2) for x in os.getloadavg()]
-    report["summary"] = summarise(rounds, names, levels)  # type: ignore[arg-type]
+    report["summary"] = summarise(rounds, names, levels, ceilings)  # type: ignore[arg-type]
     report["raw"] = rounds
+    report["ceilings"] = ceilings
     stem = "interleaved"
-    if args.servers != DEFAULT_SERVERS or args.corpus != "web":
+    if (args.servers, args.corpus, args.concurrency) != (DEFAULT_SERVERS, "web", DEFAULT_LEVELS):
         stem += f"_{names[0]}_vs_{names[1]}" + ("" if args.corpus == "web" else f"_{args.corpus}")
+        if args.concurrency != DEFAULT_LEVELS:
+            stem += "_c" + "-".join(str(c) for c in levels)
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / f"{stem}.json").write_text(json.dumps(report, indent=2))
     text = markdown(report)
