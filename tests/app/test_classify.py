@@ -9,6 +9,10 @@ import httpx
 import numpy as np
 import pytest
 
+from app.preprocess import ImagePreprocessor
+from runtime.metadata import INPUT_NAME
+from tests.app.conftest import TEST_LIMITS, make_settings, running_app
+from tests.app.fake_model import fake_metadata
 from tests.app.images import encoded_image
 
 pytestmark = pytest.mark.anyio
@@ -109,3 +113,29 @@ async def test_top_k_out_of_range_is_422_in_the_error_shape(client: httpx.AsyncC
     error = response.json()["error"]
     assert error["code"] == "invalid_parameter"
     assert "top_k" in error["message"]
+
+
+async def test_reduced_scale_jpeg_decoding_is_what_the_service_feeds_the_model(
+    fake_model_path, reference
+) -> None:
+    # 1000 x 1000 decodes at 1/4 (250 x 250) with gap 1: the input the model sees really changes.
+    data = encoded_image(7, size=(1000, 1000), fmt="JPEG")
+    reduced = ImagePreprocessor(
+        fake_metadata(),
+        max_image_bytes=TEST_LIMITS["max_image_bytes"],
+        max_image_pixels=TEST_LIMITS["max_image_pixels"],
+        jpeg_reducing_gap=1.0,
+    )
+    (logits,) = reference.session.run(["logits"], {INPUT_NAME: reduced(data)[None]})
+    exp = np.exp(logits[0].astype(np.float64) - logits[0].max())
+    expected = exp / exp.sum()
+    exact = reference.probabilities(data)
+    assert not np.allclose(expected, exact, rtol=1e-3, atol=0), "the test image does not tell the paths apart"
+    headers = {"content-type": "image/jpeg"}
+    async with running_app(make_settings(fake_model_path, jpeg_reducing_gap=1.0)) as client:
+        response = await client.post("/classify", content=data, headers=headers)
+    assert response.status_code == 200
+    assert_matches_reference(response.json()["results"][0], expected)
+    async with running_app(make_settings(fake_model_path)) as client:
+        response = await client.post("/classify", content=data, headers=headers)
+    assert_matches_reference(response.json()["results"][0], exact)
