@@ -9,7 +9,7 @@ import os
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field, ValidationError, model_validator
+from pydantic import Field, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from app.batcher import BatchWait
@@ -86,14 +86,15 @@ class Settings(BaseSettings):
         "balancers stop routing here) before closing it; new work is refused with 503 meanwhile.",
     )
 
-    @model_validator(mode="after")
-    def _reducing_gap_is_off_or_at_least_one(self) -> Settings:
-        if 0 < self.jpeg_reducing_gap < 1:
+    @field_validator("jpeg_reducing_gap")
+    @classmethod
+    def _reducing_gap_is_off_or_at_least_one(cls, gap: float) -> float:
+        if 0 < gap < 1:
             raise ValueError(
-                f"jpeg_reducing_gap={self.jpeg_reducing_gap} would upsample after decoding: set "
-                f"{ENV_PREFIX}JPEG_REDUCING_GAP to 0 (pixel-exact) or a value >= 1 (2.0 is a good choice)"
+                "a gap below 1 would upsample after decoding: use 0 (pixel-exact) or a value >= 1 "
+                "(2.0 is a good choice)"
             )
-        return self
+        return gap
 
     @model_validator(mode="after")
     def _limits_fit_the_queue(self) -> Settings:
@@ -134,7 +135,8 @@ def load_settings(**overrides: object) -> Settings:
             names = [str(part) for part in error["loc"]]
             where = f"{ENV_PREFIX}{names[0].upper()}" if names else "settings"
             value = f" (got {error['input']!r})" if names and "input" in error else ""
-            problems.append(f"{where}: {error['msg']}{value}")
+            message = error["msg"].removeprefix("Value error, ")  # pydantic's wrapper for our ValueErrors
+            problems.append(f"{where}: {message}{value}")
         raise SettingsError("invalid settings: " + "; ".join(problems)) from exc
 
 
