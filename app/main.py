@@ -83,6 +83,7 @@ async def _http_error(request: Request, exc: Exception) -> JSONResponse:
 
 
 REQUEST_ID_HEADER = "x-request-id"
+_REQUEST_ID_HEADER_BYTES = REQUEST_ID_HEADER.encode()  # ASGI header names are lower-case bytes
 # What a proxy or client may send as its request ID: printable ASCII without spaces (UUIDs, nginx's
 # $request_id, trace headers), short enough for a log line. Anything else is replaced, not echoed.
 _VALID_REQUEST_ID = re.compile(r"[\x21-\x7e]{1,128}")
@@ -91,7 +92,7 @@ _VALID_REQUEST_ID = re.compile(r"[\x21-\x7e]{1,128}")
 def request_id_of(scope: Scope) -> str:
     """The client's (or proxy's) X-Request-ID when it is sane, else a new random one."""
     for name, value in scope.get("headers", ()):
-        if name == REQUEST_ID_HEADER.encode():
+        if name == _REQUEST_ID_HEADER_BYTES:
             candidate = value.decode("latin-1")
             if _VALID_REQUEST_ID.fullmatch(candidate):
                 return candidate
@@ -123,9 +124,10 @@ class RequestObserver:
             if message["type"] == "http.response.start":
                 status = message["status"]
                 response_started = True
-                header = REQUEST_ID_HEADER.encode()
-                headers = [(k, v) for k, v in message.get("headers", ()) if k.lower() != header]
-                message = {**message, "headers": [*headers, (header, request_id.encode())]}
+                headers = [
+                    (k, v) for k, v in message.get("headers", ()) if k.lower() != _REQUEST_ID_HEADER_BYTES
+                ]
+                message = {**message, "headers": [*headers, (_REQUEST_ID_HEADER_BYTES, request_id.encode())]}
             await send(message)
 
         try:
