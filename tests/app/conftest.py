@@ -108,8 +108,12 @@ class Reference:
         return {name: value[0] for name, value in zip(names, values, strict=True)}
 
     def probabilities(self, data: bytes) -> np.ndarray:
-        logits = self.outputs(data, ["logits"])["logits"].astype(np.float64)
-        exp = np.exp(logits - logits.max())
+        return self.probabilities_of(self.preprocess(data))
+
+    def probabilities_of(self, pixels: np.ndarray) -> np.ndarray:
+        """Softmax of the logits for one already-preprocessed (3, S, S) input."""
+        (logits,) = self.session.run(["logits"], {INPUT_NAME: pixels[None]})
+        exp = np.exp(logits[0].astype(np.float64) - logits[0].max())
         return exp / exp.sum()
 
 
