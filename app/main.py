@@ -211,11 +211,15 @@ def create_app(settings: Settings | None = None, *, runner: RunnerOverride | Non
         service.metadata = metadata = read_metadata(loaded.session)
         onnx_runner = OnnxRunner(loaded)
         service.output_shapes = onnx_runner.output_shapes()
+        workers = settings.resolved_preprocess_workers
+        service.pool = ThreadPoolExecutor(workers, thread_name_prefix="preprocess")
         service.preprocessor = ImagePreprocessor(
             metadata,
             max_image_bytes=settings.max_image_bytes,
             max_image_pixels=settings.max_image_pixels,
             jpeg_reducing_gap=settings.jpeg_reducing_gap,
+            # Half of a large resize goes to another decode thread when one is free (no gain with one).
+            resize_helper=service.pool if settings.split_resize and workers > 1 else None,
         )
         if settings.jpeg_reducing_gap:
             logger.info(
@@ -223,9 +227,6 @@ def create_app(settings: Settings | None = None, *, runner: RunnerOverride | Non
                 "close to but not pixel-exact with timm's eval transform",
                 settings.jpeg_reducing_gap,
             )
-        service.pool = ThreadPoolExecutor(
-            settings.resolved_preprocess_workers, thread_name_prefix="preprocess"
-        )
         batcher = Batcher(
             _build_runner(onnx_runner, runner),
             max_batch_size=settings.max_batch_size,

@@ -132,6 +132,8 @@ SERVER_SPECS: dict[str, ServerSpec] = {
     "service-jpeg-draft": ServerSpec(
         "service-jpeg-draft", "service", (("TRANSXNET_JPEG_REDUCING_GAP", "2.0"),)
     ),
+    # Every resize in one thread (the default before 2026-11-25 splits large ones over two).
+    "service-nosplit": ServerSpec("service-nosplit", "service", (("TRANSXNET_SPLIT_RESIZE", "false"),)),
     "litserve": ServerSpec("litserve", "litserve"),
 }
 

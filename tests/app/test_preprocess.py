@@ -16,15 +16,18 @@ import subprocess
 import sys
 import tracemalloc
 import zlib
-from concurrent.futures import ThreadPoolExecutor
+from collections.abc import Iterator
+from concurrent.futures import Executor, Future, ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
 import pytest
 from PIL import Image, ImageFile
 
+from app import preprocess as preprocess_module
 from app.errors import ImageDecodeError, PayloadTooLargeError, UnsupportedMediaTypeError
 from app.preprocess import (
+    SPLIT_RESIZE_MIN_PIXELS,
     SUPPORTED_CONTENT_TYPES,
     SUPPORTED_FORMATS,
     ImagePreprocessor,
@@ -63,12 +66,14 @@ def make_preprocessor(
     max_image_bytes: int = 20_000_000,
     max_image_pixels: int = 40_000_000,
     jpeg_reducing_gap: float = 0.0,
+    resize_helper: Executor | None = None,
 ) -> ImagePreprocessor:
     return ImagePreprocessor(
         make_metadata(image_size, crop_pct),
         max_image_bytes=max_image_bytes,
         max_image_pixels=max_image_pixels,
         jpeg_reducing_gap=jpeg_reducing_gap,
+        resize_helper=resize_helper,
     )
 
 
@@ -382,6 +387,87 @@ def test_an_unreadable_exif_block_is_logged_and_the_image_served(
         decoded = preprocessor.decode(encode(Image.fromarray(rgb), "PNG"))
     np.testing.assert_array_equal(np.asarray(decoded), rgb)
     assert "EXIF" in caplog.text
+
+
+# --- resize split over two threads (bit-identical) ------------------------------------------------
+
+
+class RecordingExecutor(ThreadPoolExecutor):
+    """A one-thread pool that counts the bands handed to it."""
+
+    def __init__(self) -> None:
+        super().__init__(max_workers=1)
+        self.submitted = 0
+
+    def submit(self, fn, /, *args, **kwargs) -> Future:  # type: ignore[no-untyped-def, override]
+        self.submitted += 1
+        return super().submit(fn, *args, **kwargs)
+
+
+@pytest.fixture
+def helper() -> Iterator[RecordingExecutor]:
+    with RecordingExecutor() as pool:
+        yield pool
+
+
+@pytest.mark.parametrize("key", REFERENCE_KEYS)
+def test_split_resize_is_pixel_exact_with_timm(
+    key: str, reference: dict[str, np.ndarray], helper: RecordingExecutor
+) -> None:
+    photo, size, crop_pct = key.split("|")
+    preprocessor = make_preprocessor(int(size), float(crop_pct), resize_helper=helper)
+    image = preprocessor.decode((PHOTOS / photo).read_bytes())
+    np.testing.assert_array_equal(preprocessor.transform(image), reference[key])
+    width, height = image.size
+    # Photos of at least 0.2 Mpixel (6 of the 8) really take the two-thread path.
+    assert helper.submitted == (1 if width * height >= SPLIT_RESIZE_MIN_PIXELS else 0)
+
+
+@pytest.mark.parametrize(
+    ("width", "height", "splits"),  # splits: of the two configurations below
+    [
+        (640, 480, 2),  # landscape
+        (481, 777, 2),  # portrait, odd height: bands of 388 and 389 rows
+        (4032, 3024, 2),  # a phone photo
+        (300, 2, 2),  # two rows: one per band
+        (97, 61, 2),  # upsampled to 248 on the shorter side
+        (1000, 1999, 2),  # the height loses exactly twice the width's pixels: horizontal first
+        (1000, 2100, 0),  # over 2:1: Pillow 13 resizes vertically first, so no split
+        (
+            249,
+            1000,
+            1,
+        ),  # to 248 wide the height loses 5 rows to the width's 1 (vertical first); to 404 both grow
+    ],
+)
+def test_split_resize_equals_one_resize_at_every_shape(
+    width: int, height: int, splits: int, helper: RecordingExecutor, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(preprocess_module, "SPLIT_RESIZE_MIN_PIXELS", 1)  # split even tiny images
+    noise = np.random.default_rng(width * height).integers(0, 256, (height, width, 3), dtype=np.uint8)
+    image = Image.fromarray(noise)
+    for image_size, crop_pct in ((224, 0.9), (384, 0.95)):
+        expected = make_preprocessor(image_size, crop_pct).transform(image)
+        got = make_preprocessor(image_size, crop_pct, resize_helper=helper).transform(image)
+        np.testing.assert_array_equal(got, expected)
+    assert helper.submitted == splits
+
+
+def test_split_resize_in_a_saturated_pool_takes_its_band_back(phone_photo: bytes) -> None:
+    # The helper is the one-thread pool running the call itself: the band can never be picked up,
+    # so the caller must take it back instead of waiting for it forever.
+    expected = make_preprocessor()(phone_photo)
+    with ThreadPoolExecutor(max_workers=1) as pool:
+        preprocessor = make_preprocessor(resize_helper=pool)
+        np.testing.assert_array_equal(pool.submit(preprocessor, phone_photo).result(timeout=60), expected)
+
+
+def test_split_resize_with_a_shut_down_helper_resizes_alone(phone_photo: bytes) -> None:
+    pool = ThreadPoolExecutor(max_workers=1)
+    pool.shutdown()
+    np.testing.assert_array_equal(
+        make_preprocessor(resize_helper=pool)(phone_photo), make_preprocessor()(phone_photo)
+    )
 
 
 # --- reduced-scale JPEG decoding (opt-in, not pixel-exact) ---------------------------------------

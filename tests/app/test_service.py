@@ -200,6 +200,19 @@ async def test_models_endpoint_says_when_preprocessing_is_not_pixel_exact(fake_m
         assert client.app.state.service.preprocessor.jpeg_reducing_gap == 2.0
 
 
+@pytest.mark.parametrize(
+    ("overrides", "shared"),
+    [({}, True), ({"split_resize": False}, False), ({"preprocess_workers": 1}, False)],
+)
+async def test_large_resizes_borrow_a_second_decode_thread_unless_off_or_alone(
+    fake_model_path, overrides: dict, shared: bool
+) -> None:
+    async with running_app(make_settings(fake_model_path, **overrides)) as client:
+        service = client.app.state.service
+        assert (service.preprocessor.resize_helper is service.pool) is shared
+        assert (service.preprocessor.resize_helper is None) is not shared
+
+
 async def test_metrics_count_requests_by_route_and_status(client) -> None:
     await client.post("/classify", content=encoded_image(1), headers=PNG)
     await client.post("/classify", content=b"junk", headers=PNG)
