@@ -179,6 +179,8 @@ def test_session_options_set_threads_and_sequential_execution(tmp_path: Path) ->
     assert options.inter_op_num_threads == 1
     assert options.execution_mode == ort.ExecutionMode.ORT_SEQUENTIAL
     assert options.graph_optimization_level == ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    # Worker threads stop spinning when a run returns: the cores go to decoding between batches.
+    assert options.get_session_config_entry("session.force_spinning_stop") == "1"
     with pytest.raises(ValueError, match="intra_op_threads"):
         session_options(intra_op_threads=-1)
 
