@@ -14,7 +14,6 @@ import re
 import time
 import uuid
 from collections.abc import AsyncIterator, Callable
-from concurrent.futures import ThreadPoolExecutor
 from contextlib import asynccontextmanager
 
 import numpy as np
@@ -29,7 +28,7 @@ from app.batcher import Batcher, ModelRunner
 from app.errors import ServiceError
 from app.logging_setup import current_request_id
 from app.metrics import ServiceMetrics
-from app.preprocess import ImagePreprocessor
+from app.preprocess import DecodePool, ImagePreprocessor
 from app.routes import health, inference, v2
 from app.routes import metrics as metrics_route
 from app.runner import OnnxRunner
@@ -212,13 +211,13 @@ def create_app(settings: Settings | None = None, *, runner: RunnerOverride | Non
         onnx_runner = OnnxRunner(loaded)
         service.output_shapes = onnx_runner.output_shapes()
         workers = settings.resolved_preprocess_workers
-        service.pool = ThreadPoolExecutor(workers, thread_name_prefix="preprocess")
+        service.pool = DecodePool(workers, thread_name_prefix="preprocess")
         service.preprocessor = ImagePreprocessor(
             metadata,
             max_image_bytes=settings.max_image_bytes,
             max_image_pixels=settings.max_image_pixels,
             jpeg_reducing_gap=settings.jpeg_reducing_gap,
-            # Half of a large resize goes to another decode thread when one is free (no gain with one).
+            # Half of a large resize goes to another decode thread when one is idle (none with one).
             resize_helper=service.pool if settings.split_resize and workers > 1 else None,
         )
         if settings.jpeg_reducing_gap:

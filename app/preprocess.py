@@ -34,14 +34,12 @@ Deliberate decisions a caller must know:
   photo then costs 18 ms instead of 108 ms to preprocess (gap 2.0, docs/benchmarks.md) at the price
   of a slightly different low-pass filter: the uint8 crop moves by about half a grey level on average.
   Images too small to reduce, and every other format, are unaffected and stay exact.
-- A large image's resize can use a second thread (`resize_helper`): the horizontal pass, which is
-  most of the work, runs as two row bands, each a `resize(box=...)` with integer row bounds, so
-  Pillow computes the very same filter coefficients and the result is bit-identical to one call.
-  (Portraits over about 2:1, which Pillow 13 resizes vertically first, stay one call.)
-  The helper may be the executor this preprocessor runs in: a band no free thread has picked up by
-  the time the caller finishes its own band is taken back, so a saturated pool never deadlocks and
-  loses only a submit and a cancel. Alone (c=1) an image is ready sooner; under load the total work
-  is the same.
+- A large image's resize can borrow an idle decode thread (`resize_helper`, a `DecodePool`): the
+  horizontal pass, which is most of the work, then runs as two row bands, each a `resize(box=...)`
+  with integer row bounds, so Pillow computes the very same filter coefficients and the result is
+  bit-identical to one call. (Portraits over about 2:1, which Pillow 13 resizes vertically first,
+  stay one call.) Only a thread with nothing queued is borrowed, so under load, when every decode
+  thread has work, nothing is split and no request's decode waits behind another's band.
 - `ImagePreprocessor` holds no mutable state after `__init__`: call it from any number of threads
   (Pillow releases the GIL while decoding and resizing).
 """
@@ -51,7 +49,10 @@ from __future__ import annotations
 import io
 import logging
 import math
-from concurrent.futures import Executor
+import threading
+from collections.abc import Callable
+from concurrent.futures import Future, ThreadPoolExecutor
+from typing import Any
 
 import numpy as np
 from PIL import Image, ImageFile, ImageOps, UnidentifiedImageError
@@ -207,6 +208,54 @@ def _normalisation_table(mean: tuple[float, ...], std: tuple[float, ...]) -> np.
     return np.ascontiguousarray(table, dtype=np.float32)
 
 
+class DecodePool(ThreadPoolExecutor):
+    """The decode threads, counting their outstanding tasks so that a resize can borrow one that
+    would otherwise sit idle.
+
+    `submit_if_idle` runs a task only when fewer tasks are queued or running than there are
+    threads: an idle thread picks it up at once. When every thread has work it returns None and
+    the caller does the work itself, so borrowing never puts one request's band ahead of another
+    request's decode.
+    """
+
+    def __init__(self, max_workers: int, thread_name_prefix: str = "preprocess") -> None:
+        super().__init__(max_workers=max_workers, thread_name_prefix=thread_name_prefix)
+        self.workers = max_workers
+        self._outstanding = 0
+        self._lock = threading.Lock()
+
+    @property
+    def outstanding(self) -> int:
+        """Tasks submitted and not yet finished (queued or running)."""
+        return self._outstanding
+
+    def submit(self, fn: Callable[..., Any], /, *args: Any, **kwargs: Any) -> Future:
+        with self._lock:
+            self._outstanding += 1
+        return self._counted(fn, args, kwargs)
+
+    def submit_if_idle(self, fn: Callable[..., Any], /, *args: Any) -> Future | None:
+        """Submit `fn(*args)` if a thread is free to start it now; otherwise None."""
+        with self._lock:
+            if self._outstanding >= self.workers:
+                return None
+            self._outstanding += 1
+        return self._counted(fn, args, {})
+
+    def _counted(self, fn: Callable[..., Any], args: tuple, kwargs: dict) -> Future:
+        try:
+            future = super().submit(fn, *args, **kwargs)
+        except BaseException:  # shut down: the task never existed
+            self._finished(None)
+            raise
+        future.add_done_callback(self._finished)  # also runs on cancel()
+        return future
+
+    def _finished(self, _: Future | None) -> None:
+        with self._lock:
+            self._outstanding -= 1
+
+
 class ImagePreprocessor:
     """Decode untrusted image bytes and apply the model's evaluation transform, pixel-exact with timm.
 
@@ -221,7 +270,7 @@ class ImagePreprocessor:
         max_image_bytes: int,
         max_image_pixels: int,
         jpeg_reducing_gap: float = 0.0,
-        resize_helper: Executor | None = None,
+        resize_helper: DecodePool | None = None,
     ) -> None:
         if max_image_bytes <= 0:
             raise ValueError(f"max_image_bytes must be positive, got {max_image_bytes}")
@@ -413,7 +462,8 @@ class ImagePreprocessor:
     def _split_resize_crop(
         self, image: Image.Image, new_width: int, new_height: int, box: tuple[int, int, int, int]
     ) -> Image.Image:
-        """Pillow's two-pass bicubic resize + crop, with the horizontal pass split over two threads.
+        """Pillow's two-pass bicubic resize + crop, the horizontal pass split over two threads if the
+        pool has an idle one (else one ordinary call).
 
         For the shapes `_splits` admits, Pillow resizes every source row to `new_width` first, then
         the columns. Each band is `resize((new_width, rows), box=(0, top, width, bottom))`: the horizontal
@@ -431,12 +481,15 @@ class ImagePreprocessor:
             return image.resize((new_width, bottom - top), bicubic, box=(0, top, width, bottom))
 
         try:
-            other = self.resize_helper.submit(band, middle, height)
-        except RuntimeError:  # the executor is shutting down: do it all here
+            other = self.resize_helper.submit_if_idle(band, middle, height)
+        except RuntimeError:  # the pool is shutting down
             other = None
+        if other is None:  # no idle thread: one ordinary call is cheaper than two bands
+            resized = image.resize((new_width, new_height), bicubic)
+            return resized if box == (0, 0, new_width, new_height) else resized.crop(box)
         upper = band(0, middle)
-        # Not picked up yet (the helper is busy, perhaps running us): take the band back.
-        lower = band(middle, height) if other is None or other.cancel() else other.result()
+        # Taken back if the idle thread has not started it yet (it was given other work first).
+        lower = band(middle, height) if other.cancel() else other.result()
         left, top, right, bottom = box
         columns = Image.new("RGB", (right - left, height))
         columns.paste(upper.crop((left, 0, right, middle)), (0, 0))

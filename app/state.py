@@ -9,7 +9,6 @@ import contextvars
 import logging
 import time
 from collections.abc import Sequence
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Annotated
 
@@ -19,7 +18,7 @@ from fastapi import Depends, Request
 from app.batcher import Batcher, ImageResult
 from app.errors import ClientDisconnectedError, NotReadyError
 from app.metrics import ServiceMetrics
-from app.preprocess import ImagePreprocessor
+from app.preprocess import DecodePool, ImagePreprocessor
 from app.settings import Settings
 from runtime.metadata import ModelMetadata
 from runtime.session import LoadedSession
@@ -38,7 +37,7 @@ class ServiceState:
     output_shapes: dict[str, list[int | str | None]] = field(default_factory=dict)
     batcher: Batcher | None = None
     preprocessor: ImagePreprocessor | None = None
-    pool: ThreadPoolExecutor | None = None
+    pool: DecodePool | None = None
     ready: bool = False
     draining: bool = False
     startup_error: str | None = None

@@ -14,10 +14,11 @@ import logging
 import struct
 import subprocess
 import sys
+import threading
 import tracemalloc
 import zlib
 from collections.abc import Iterator
-from concurrent.futures import Executor, Future, ThreadPoolExecutor
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
@@ -30,6 +31,7 @@ from app.preprocess import (
     SPLIT_RESIZE_MIN_PIXELS,
     SUPPORTED_CONTENT_TYPES,
     SUPPORTED_FORMATS,
+    DecodePool,
     ImagePreprocessor,
     center_crop_box,
     check_content_type,
@@ -66,7 +68,7 @@ def make_preprocessor(
     max_image_bytes: int = 20_000_000,
     max_image_pixels: int = 40_000_000,
     jpeg_reducing_gap: float = 0.0,
-    resize_helper: Executor | None = None,
+    resize_helper: DecodePool | None = None,
 ) -> ImagePreprocessor:
     return ImagePreprocessor(
         make_metadata(image_size, crop_pct),
@@ -392,27 +394,28 @@ def test_an_unreadable_exif_block_is_logged_and_the_image_served(
 # --- resize split over two threads (bit-identical) ------------------------------------------------
 
 
-class RecordingExecutor(ThreadPoolExecutor):
-    """A one-thread pool that counts the bands handed to it."""
+class RecordingPool(DecodePool):
+    """A two-thread decode pool that counts the bands it accepted."""
 
     def __init__(self) -> None:
-        super().__init__(max_workers=1)
+        super().__init__(max_workers=2)
         self.submitted = 0
 
-    def submit(self, fn, /, *args, **kwargs) -> Future:  # type: ignore[no-untyped-def, override]
-        self.submitted += 1
-        return super().submit(fn, *args, **kwargs)
+    def submit_if_idle(self, fn, /, *args):  # type: ignore[no-untyped-def, override]
+        future = super().submit_if_idle(fn, *args)
+        self.submitted += future is not None
+        return future
 
 
 @pytest.fixture
-def helper() -> Iterator[RecordingExecutor]:
-    with RecordingExecutor() as pool:
+def helper() -> Iterator[RecordingPool]:
+    with RecordingPool() as pool:
         yield pool
 
 
 @pytest.mark.parametrize("key", REFERENCE_KEYS)
 def test_split_resize_is_pixel_exact_with_timm(
-    key: str, reference: dict[str, np.ndarray], helper: RecordingExecutor
+    key: str, reference: dict[str, np.ndarray], helper: RecordingPool
 ) -> None:
     photo, size, crop_pct = key.split("|")
     preprocessor = make_preprocessor(int(size), float(crop_pct), resize_helper=helper)
@@ -441,7 +444,7 @@ def test_split_resize_is_pixel_exact_with_timm(
     ],
 )
 def test_split_resize_equals_one_resize_at_every_shape(
-    width: int, height: int, splits: int, helper: RecordingExecutor, monkeypatch: pytest.MonkeyPatch
+    width: int, height: int, splits: int, helper: RecordingPool, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setattr(preprocess_module, "SPLIT_RESIZE_MIN_PIXELS", 1)  # split even tiny images
     noise = np.random.default_rng(width * height).integers(0, 256, (height, width, 3), dtype=np.uint8)
@@ -453,21 +456,57 @@ def test_split_resize_equals_one_resize_at_every_shape(
     assert helper.submitted == splits
 
 
-def test_split_resize_in_a_saturated_pool_takes_its_band_back(phone_photo: bytes) -> None:
-    # The helper is the one-thread pool running the call itself: the band can never be picked up,
-    # so the caller must take it back instead of waiting for it forever.
+def test_split_resize_borrows_no_thread_when_every_thread_has_work(
+    phone_photo: bytes, helper: RecordingPool
+) -> None:
     expected = make_preprocessor()(phone_photo)
-    with ThreadPoolExecutor(max_workers=1) as pool:
+    preprocessor = make_preprocessor(resize_helper=helper)
+    release = threading.Event()
+    blockers = [helper.submit(release.wait) for _ in range(helper.workers)]
+    try:
+        # Called here, outside the pool, while both threads are taken: one ordinary resize.
+        np.testing.assert_array_equal(preprocessor(phone_photo), expected)
+        assert helper.submitted == 0
+    finally:
+        release.set()
+    for blocker in blockers:
+        blocker.result(timeout=10)
+    np.testing.assert_array_equal(preprocessor(phone_photo), expected)  # now a thread is idle
+    assert helper.submitted == 1
+
+
+def test_split_resize_inside_a_one_thread_pool_never_waits_for_itself(phone_photo: bytes) -> None:
+    # The only thread is the one running the call: it has no idle thread to borrow.
+    expected = make_preprocessor()(phone_photo)
+    with DecodePool(1) as pool:
         preprocessor = make_preprocessor(resize_helper=pool)
         np.testing.assert_array_equal(pool.submit(preprocessor, phone_photo).result(timeout=60), expected)
+        assert pool.outstanding == 0
 
 
-def test_split_resize_with_a_shut_down_helper_resizes_alone(phone_photo: bytes) -> None:
-    pool = ThreadPoolExecutor(max_workers=1)
+def test_split_resize_with_a_shut_down_pool_resizes_alone(phone_photo: bytes) -> None:
+    pool = DecodePool(2)
     pool.shutdown()
     np.testing.assert_array_equal(
         make_preprocessor(resize_helper=pool)(phone_photo), make_preprocessor()(phone_photo)
     )
+    assert pool.outstanding == 0
+
+
+def test_decode_pool_counts_queued_running_and_cancelled_tasks() -> None:
+    release = threading.Event()
+    with DecodePool(1) as pool:
+        running = pool.submit(release.wait)
+        assert pool.submit_if_idle(int) is None  # the one thread is busy
+        queued = pool.submit(int, 7)
+        assert pool.outstanding == 2
+        assert queued.cancel() and pool.outstanding == 1
+        release.set()
+        running.result(timeout=10)
+        assert pool.outstanding == 0
+        idle = pool.submit_if_idle(int, 3)
+        assert idle is not None and idle.result(timeout=10) == 3
+    assert pool.outstanding == 0
 
 
 # --- reduced-scale JPEG decoding (opt-in, not pixel-exact) ---------------------------------------
