@@ -422,7 +422,7 @@ def test_split_resize_is_pixel_exact_with_timm(
     image = preprocessor.decode((PHOTOS / photo).read_bytes())
     np.testing.assert_array_equal(preprocessor.transform(image), reference[key])
     width, height = image.size
-    # Photos of at least 0.2 Mpixel (6 of the 8) really take the two-thread path.
+    # Photos of at least 0.2 Mpixel (7 of the 8) really take the two-thread path.
     assert helper.submitted == (1 if width * height >= SPLIT_RESIZE_MIN_PIXELS else 0)
 
 
