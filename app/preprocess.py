@@ -441,7 +441,9 @@ class ImagePreprocessor:
             )
         box = center_crop_box(new_width, new_height, self.image_size)
         if self._splits(width, height, new_width, new_height):
-            return np.asarray(self._split_resize_crop(image, new_width, new_height, box))
+            split = self._split_resize_crop(image, new_width, new_height, box)
+            if split is not None:
+                return np.asarray(split)
         if (new_width, new_height) != (width, height):
             image = image.resize((new_width, new_height), Image.Resampling.BICUBIC)
         if box != (0, 0, new_width, new_height):
@@ -461,9 +463,9 @@ class ImagePreprocessor:
 
     def _split_resize_crop(
         self, image: Image.Image, new_width: int, new_height: int, box: tuple[int, int, int, int]
-    ) -> Image.Image:
-        """Pillow's two-pass bicubic resize + crop, the horizontal pass split over two threads if the
-        pool has an idle one (else one ordinary call).
+    ) -> Image.Image | None:
+        """Pillow's two-pass bicubic resize + crop, the horizontal pass split over two threads; None
+        when the pool has no idle thread (one ordinary call is then cheaper than two bands).
 
         For the shapes `_splits` admits, Pillow resizes every source row to `new_width` first, then
         the columns. Each band is `resize((new_width, rows), box=(0, top, width, bottom))`: the horizontal
@@ -484,9 +486,8 @@ class ImagePreprocessor:
             other = self.resize_helper.submit_if_idle(band, middle, height)
         except RuntimeError:  # the pool is shutting down
             other = None
-        if other is None:  # no idle thread: one ordinary call is cheaper than two bands
-            resized = image.resize((new_width, new_height), bicubic)
-            return resized if box == (0, 0, new_width, new_height) else resized.crop(box)
+        if other is None:
+            return None
         upper = band(0, middle)
         # Taken back if the idle thread has not started it yet (it was given other work first).
         lower = band(middle, height) if other.cancel() else other.result()
