@@ -123,11 +123,16 @@ async def _client_disconnected(request: Request) -> None:
             return
 
 
-def get_service(request: Request) -> ServiceState:
+# Both dependencies are `async def` although they never await: FastAPI runs a plain `def`
+# dependency in anyio's worker threads, which would put a thread hop in front of every request and
+# make /readyz wait whenever that pool is busy.
+
+
+async def get_service(request: Request) -> ServiceState:
     return request.app.state.service
 
 
-def get_ready_service(request: Request) -> ServiceState:
+async def get_ready_service(request: Request) -> ServiceState:
     """The service, if it accepts work; otherwise 503 not_ready (warming up or shutting down)."""
     service: ServiceState = request.app.state.service
     if not service.accepting:

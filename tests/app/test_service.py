@@ -8,6 +8,7 @@ import logging
 import re
 import threading
 
+import anyio
 import pytest
 
 from app.logging_setup import RequestIdFilter
@@ -145,6 +146,25 @@ async def test_every_response_carries_a_request_id_and_a_sane_client_id_is_kept(
     for hostile in ("two words", "x" * 129):
         replaced = await client.get("/healthz", headers={"X-Request-ID": hostile})
         assert re.fullmatch(r"[0-9a-f]{32}", replaced.headers["x-request-id"]), hostile
+
+
+async def test_requests_and_probes_never_wait_for_anyios_worker_threads(client) -> None:
+    # FastAPI runs plain-`def` dependencies and handlers in anyio's worker threads; with every one of
+    # them taken, a request that needed one would hang until the bound below fails the test.
+    limiter = anyio.to_thread.current_default_thread_limiter()
+    holders = [object() for _ in range(int(limiter.total_tokens))]
+    for holder in holders:
+        await limiter.acquire_on_behalf_of(holder)
+    try:
+        with anyio.fail_after(10):
+            ready = await client.get("/readyz")
+            classified = await client.post("/classify", content=encoded_image(3), headers=PNG)
+            v2_ready = await client.get("/v2/health/ready")
+            scraped = await client.get("/metrics")
+    finally:
+        for holder in holders:
+            limiter.release_on_behalf_of(holder)
+    assert [r.status_code for r in (ready, classified, v2_ready, scraped)] == [200, 200, 200, 200]
 
 
 async def test_readiness_is_503_until_warm_up_completes_then_200(fake_model_path) -> None:
