@@ -18,6 +18,7 @@ from app.preprocess import ImagePreprocessor
 from app.settings import Settings
 from runtime.metadata import INPUT_NAME
 from tests.app.fake_model import build_fake_model, fake_metadata
+from tests.numerics import softmax
 
 #: Small limits so the limit tests need small payloads.
 TEST_LIMITS = {
@@ -113,8 +114,7 @@ class Reference:
     def probabilities_of(self, pixels: np.ndarray) -> np.ndarray:
         """Softmax of the logits for one already-preprocessed (3, S, S) input."""
         (logits,) = self.session.run(["logits"], {INPUT_NAME: pixels[None]})
-        exp = np.exp(logits[0].astype(np.float64) - logits[0].max())
-        return exp / exp.sum()
+        return softmax(logits[0])
 
 
 @pytest.fixture(scope="session")

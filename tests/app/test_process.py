@@ -3,74 +3,19 @@
 from __future__ import annotations
 
 import json
-import os
 import re
 import signal
-import socket
 import subprocess
 import sys
-import time
-from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
-from contextlib import contextmanager
-from pathlib import Path
 
 import httpx
 import pytest
 
 from tests.app.images import encoded_image
+from tests.processes import ROOT, free_port, running_process, service_env, status_of, wait_for
 
-ROOT = Path(__file__).resolve().parents[2]
 PNG = {"content-type": "image/png"}
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-def service_env(model_path: Path, **extra: str) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("TRANSXNET_")}
-    env.update(
-        {
-            "PYTHONPATH": str(ROOT),
-            "TRANSXNET_MODEL_PATH": str(model_path),
-            "TRANSXNET_PROVIDERS": "cpu",
-            "TRANSXNET_HOST": "127.0.0.1",
-            "TRANSXNET_INTRA_OP_THREADS": "1",
-            **extra,
-        }
-    )
-    return env
-
-
-def wait_for(predicate, timeout_s: float = 60) -> None:
-    end = time.monotonic() + timeout_s
-    while not predicate():
-        if time.monotonic() > end:
-            raise AssertionError("condition not reached")
-        time.sleep(0.02)
-
-
-def status_of(url: str) -> int | None:
-    try:
-        return httpx.get(url, timeout=2).status_code
-    except httpx.TransportError:
-        return None
-
-
-@contextmanager
-def running_process(args: list[str], env: dict[str, str]) -> Iterator[subprocess.Popen]:
-    process = subprocess.Popen(
-        args, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
-    )
-    try:
-        yield process
-    finally:
-        if process.poll() is None:
-            process.kill()
-            process.wait(timeout=10)
 
 
 @pytest.mark.slow

@@ -16,7 +16,8 @@ from app.preprocess import ImagePreprocessor
 from runtime.metadata import INPUT_NAME
 from runtime.session import read_metadata
 from tests.app.images import encoded_image
-from tests.app.test_process import free_port, running_process, service_env, status_of, wait_for
+from tests.numerics import softmax
+from tests.processes import free_port, running_process, service_env, status_of, wait_for
 
 PNG = {"content-type": "image/png"}
 
@@ -50,9 +51,7 @@ def test_real_model_served_by_uvicorn_matches_direct_onnx_runtime(exported_t_pat
 
     for response, blob in zip(responses, blobs, strict=True):
         assert response.status_code == 200
-        logits = session.run(["logits"], {INPUT_NAME: preprocess(blob)[None]})[0][0].astype(np.float64)
-        probabilities = np.exp(logits - logits.max())
-        probabilities /= probabilities.sum()
+        probabilities = softmax(session.run(["logits"], {INPUT_NAME: preprocess(blob)[None]})[0][0])
         predictions = response.json()["results"][0]["predictions"]
         expected = np.argsort(-probabilities)[:5]
         assert [p["index"] for p in predictions] == expected.tolist()

@@ -31,7 +31,7 @@ from tests.app.conftest import TEST_LIMITS, Reference, make_settings, running_ap
 from tests.app.fake_model import IMAGE_SIZE, NUM_CLASSES, fake_metadata
 from tests.app.images import encoded_image
 from tests.app.runners import GatedRunner
-from tests.app.test_process import free_port, running_process, service_env, status_of, wait_for
+from tests.processes import free_port, running_process, service_env, status_of, wait_for
 
 httpclient = pytest.importorskip("tritonclient.http")
 InferenceServerException = pytest.importorskip("tritonclient.utils").InferenceServerException

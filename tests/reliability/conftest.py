@@ -12,8 +12,7 @@ import signal
 import subprocess
 import sys
 import tempfile
-import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -27,9 +26,9 @@ from app.preprocess import ImagePreprocessor
 from runtime.metadata import INPUT_NAME
 from runtime.session import read_metadata
 from tests.app.fake_model import build_fake_model
-from tests.app.test_process import free_port, service_env
+from tests.numerics import softmax
+from tests.processes import ROOT, free_port, service_env, wait_for
 
-ROOT = Path(__file__).resolve().parents[2]
 PHOTOS = ROOT / "tests" / "fixtures" / "preprocess" / "photos"
 JPEG = {"content-type": "image/jpeg"}
 PNG = {"content-type": "image/png"}
@@ -80,17 +79,8 @@ class ServiceProcess:
                 total += float(value)
         return total
 
-    def wait_until(self, predicate, timeout_s: float, what: str) -> None:
-        end = time.monotonic() + timeout_s
-        while not predicate():
-            if self.process.poll() is not None:
-                raise AssertionError(
-                    f"the service exited ({self.process.returncode}) waiting for {what}:\n"
-                    + self.log()[-3000:]
-                )
-            if time.monotonic() > end:
-                raise AssertionError(f"{what} not reached in {timeout_s} s")
-            time.sleep(0.02)
+    def wait_until(self, predicate: Callable[[], bool], timeout_s: float, what: str) -> None:
+        wait_for(predicate, timeout_s, what=what, process=self.process, log=self.log)
 
     def stop(self, timeout_s: float = 60) -> int:
         """SIGTERM and wait: the exit code (a clean drain is 0)."""
@@ -200,10 +190,7 @@ class OfflineReference:
         )
 
     def probabilities(self, data: bytes) -> np.ndarray:
-        logits = self.session.run(["logits"], {INPUT_NAME: self.preprocess(data)[None]})[0][0]
-        logits = logits.astype(np.float64)
-        exp = np.exp(logits - logits.max())
-        return exp / exp.sum()
+        return softmax(self.session.run(["logits"], {INPUT_NAME: self.preprocess(data)[None]})[0][0])
 
     def assert_matches(self, predictions: list[dict], data: bytes, k: int = 5) -> None:
         """The response's top-k indices and probabilities equal the offline ones (1e-4)."""
