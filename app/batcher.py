@@ -1,8 +1,8 @@
-"""Dynamic batching: many concurrent requests, one model, one inference at a time.
+"""Dynamic batching: many concurrent requests, one model, `instances` batches at a time (default 1).
 
 Requests arrive already preprocessed and are queued as per-image items. A collector task takes the
 oldest item, waits until the batch is full (`max_batch_size` images) or `max_batch_delay_ms` have
-passed since that item arrived, and runs the batch in ONE worker thread, so the event loop keeps
+passed since that item arrived, and runs the batch in a worker thread, so the event loop keeps
 answering (health checks, uploads, preprocessing hand-offs) while ONNX Runtime computes.
 
 What the collector waits for is the `wait` policy. "always" waits the full delay for batch-mates
@@ -12,6 +12,11 @@ once instead of idling for the delay, and under load the decoding requests still
 Batches also form without any wait, from what queued up while the previous batch ran. Results go
 back to each request's future and a request split over several batches is reassembled in order.
 The loop follows LitServe's (monotonic deadline, collect until full or late, run, hand back).
+
+With `instances` > 1 (Triton's instance count) that many collectors take batches from the one queue
+and run them at the same time, each in its own thread. On CPU that pays when each run has fewer
+intra-op threads: two one-thread runs keep both cores busy, where the two threads of one run wait
+for each other whenever decoding preempts one of them.
 
 Failure stays local: a full queue refuses a request at once (503), a request that waited past
 `request_timeout_s` gets 504 and its queued images are never computed, a cancelled request (client
@@ -86,8 +91,9 @@ class _Item:
 
 
 class Batcher:
-    """Queue + collector + single inference thread. Create, `start()` inside the event loop, then
-    `submit()` from request handlers; `stop()` drains what is queued and releases the thread."""
+    """Queue + collectors + one inference thread per instance. Create, `start()` inside the event
+    loop, then `submit()` from request handlers; `stop()` drains what is queued and releases the
+    threads."""
 
     def __init__(
         self,
@@ -98,6 +104,7 @@ class Batcher:
         max_queue_size: int,
         request_timeout_s: float,
         wait: BatchWait = "incoming",
+        instances: int = 1,
         observer: BatchObserver | None = None,
     ) -> None:
         if not isinstance(runner, ModelRunner):
@@ -110,6 +117,8 @@ class Batcher:
             raise ValueError(f"max_queue_size must be >= 1 image, got {max_queue_size}")
         if not 0 < request_timeout_s < math.inf:
             raise ValueError(f"request_timeout_s must be a finite number > 0, got {request_timeout_s}")
+        if instances < 1:
+            raise ValueError(f"instances must be >= 1, got {instances}")
         if wait not in BATCH_WAITS:
             raise ValueError(f"wait must be one of {BATCH_WAITS}, got {wait!r}")
         self.runner = runner
@@ -118,12 +127,13 @@ class Batcher:
         self.max_queue_size = max_queue_size
         self.request_timeout_s = request_timeout_s
         self.wait = wait
+        self.instances = instances
         self._observer = observer
         self._expected = 0  # images announced by expecting() and not yet submitted or abandoned
         self._queue: deque[_Item] = deque()
         self._requests: set[_Request] = set()
         self._arrived = asyncio.Event()
-        self._collector: asyncio.Task[None] | None = None
+        self._collectors: list[asyncio.Task[None]] = []
         self._executor: ThreadPoolExecutor | None = None
         self._accepting = False
         # Counters for metrics and tests.
@@ -133,7 +143,7 @@ class Batcher:
 
     @property
     def queue_depth(self) -> int:
-        """Images waiting for a batch (not counting the batch being computed)."""
+        """Images waiting for a batch (not counting the batches being computed)."""
         return len(self._queue)
 
     @property
@@ -143,14 +153,17 @@ class Batcher:
 
     @property
     def running(self) -> bool:
-        return self._collector is not None and not self._collector.done()
+        return any(not collector.done() for collector in self._collectors)
 
     def start(self) -> None:
-        """Start the collector; must be called from the event loop that will call `submit`."""
+        """Start the collectors; must be called from the event loop that will call `submit`."""
         if self.running:
             raise RuntimeError("the batcher is already running")
-        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="inference")
-        self._collector = asyncio.get_running_loop().create_task(self._collect(), name="batch-collector")
+        loop = asyncio.get_running_loop()
+        self._executor = ThreadPoolExecutor(max_workers=self.instances, thread_name_prefix="inference")
+        self._collectors = [
+            loop.create_task(self._collect(), name=f"batch-collector-{i}") for i in range(self.instances)
+        ]
         self._accepting = True
 
     @contextlib.contextmanager
@@ -345,16 +358,17 @@ class Batcher:
         return True
 
     async def stop(self, timeout_s: float = 30.0) -> None:
-        """Stop accepting, let queued work finish (up to `timeout_s`), then end the collector."""
+        """Stop accepting, let queued work finish (up to `timeout_s`), then end the collectors."""
         self.stop_accepting()
         if not await self.drain(timeout_s):
             logger.warning(
                 "stopping with %d requests unanswered after %.1f s; they get 503", self.pending, timeout_s
             )
-        if self._collector is not None:
-            self._collector.cancel()
+        for collector in self._collectors:
+            collector.cancel()
+        for collector in self._collectors:
             with contextlib.suppress(asyncio.CancelledError):
-                await self._collector
+                await collector
         for request in list(self._requests):
             self._fail(request, NotReadyError("the service stopped before this request ran"))
         self._queue.clear()

@@ -201,7 +201,7 @@ def create_app(settings: Settings | None = None, *, runner: RunnerOverride | Non
             create_session,
             path,
             providers=settings.providers,
-            intra_op_threads=settings.intra_op_threads,
+            intra_op_threads=settings.resolved_intra_op_threads,
             max_batch_size=settings.max_batch_size,
             trt_fp16=settings.trt_fp16,
             trt_cache_dir=settings.trt_cache_dir,
@@ -231,6 +231,7 @@ def create_app(settings: Settings | None = None, *, runner: RunnerOverride | Non
             max_batch_size=settings.max_batch_size,
             max_batch_delay_ms=settings.max_batch_delay_ms,
             wait=settings.batch_wait,
+            instances=settings.model_instances,
             max_queue_size=settings.max_queue_size,
             request_timeout_s=settings.request_timeout_s,
             observer=metrics,
@@ -239,10 +240,13 @@ def create_app(settings: Settings | None = None, *, runner: RunnerOverride | Non
         metrics.track_queue_depth(lambda: batcher.queue_depth)
         batcher.start()
         logger.info(
-            "serving %s (%s) from %s; warming up at batch %d",
+            "serving %s (%s) from %s with %d model instance(s), %s intra-op thread(s) each; warming up "
+            "at batch %d",
             metadata.variant,
             metadata.weights,
             path,
+            settings.model_instances,
+            settings.resolved_intra_op_threads or "ONNX Runtime's default",
             settings.max_batch_size,
         )
         warm_up = asyncio.create_task(_warm_up(service), name="warm-up")

@@ -15,7 +15,7 @@ from runtime.session import LoadedSession
 
 
 class OnnxRunner:
-    """Runs batches on a loaded session; called from the batcher's single inference thread."""
+    """Runs batches on a loaded session, from the batcher's inference threads (ORT's Run is thread-safe)."""
 
     def __init__(self, loaded: LoadedSession) -> None:
         self.loaded = loaded

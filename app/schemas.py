@@ -140,6 +140,8 @@ class ModelInfo(BaseModel):
                     "input": {"name": "images", "shape": ["N", 3, 224, 224]},
                     "outputs": {"logits": ["N", 1000], "pooled": ["N", 384]},
                     "providers": ["CPUExecutionProvider"],
+                    "model_instances": 1,
+                    "intra_op_threads": 0,
                     "limits": {
                         "max_batch_size": 16,
                         "max_batch_delay_ms": 5.0,
@@ -174,4 +176,6 @@ class ModelInfo(BaseModel):
     input: dict[str, object]
     outputs: dict[str, list[int | str | None]] = Field(description="Output name -> shape (N = batch).")
     providers: list[str]
+    model_instances: int = Field(description="Batches run at once (TRANSXNET_MODEL_INSTANCES).")
+    intra_op_threads: int = Field(description="ONNX Runtime intra-op threads per run; 0 = its default.")
     limits: Limits

@@ -19,6 +19,13 @@ ENV_PREFIX = "TRANSXNET_"
 MIB = 1024 * 1024
 
 
+def usable_cores() -> int:
+    """The cores this process may run on (its affinity mask, which containers' cpusets narrow)."""
+    if hasattr(os, "sched_getaffinity"):
+        return len(os.sched_getaffinity(0))
+    return os.cpu_count() or 1
+
+
 class SettingsError(ValueError):
     """A setting is invalid or the model file is missing; the message is meant for the operator."""
 
@@ -35,7 +42,20 @@ class Settings(BaseSettings):
     providers: ProviderPreference = Field(
         "auto", description="auto tries TensorRT -> CUDA -> CPU; a named GPU provider never falls back."
     )
-    intra_op_threads: int = Field(0, ge=0, description="ONNX Runtime intra-op threads; 0 = ORT default.")
+    intra_op_threads: int = Field(
+        0,
+        ge=0,
+        description="ONNX Runtime intra-op threads per batch; 0 = ORT's default (one per core) with one "
+        "model instance, the cores divided among the instances with more.",
+    )
+    model_instances: int = Field(
+        1,
+        ge=1,
+        le=16,
+        description="Batches run at once, each in its own thread on the one shared session (Triton's "
+        "instance count). On CPU, 2 (one intra-op thread each) gives more throughput under load "
+        "and a slower lone request: see docs/benchmarks.md.",
+    )
     trt_fp16: bool = Field(True, description="Let TensorRT use FP16 kernels.")
     trt_cache_dir: Path | None = Field(None, description="TensorRT engine/timing cache (None: rebuild).")
 
@@ -122,7 +142,15 @@ class Settings(BaseSettings):
         """
         if self.preprocess_workers:
             return self.preprocess_workers
-        return max(2, min(4, (os.cpu_count() or 2) // 2))
+        return max(2, min(4, usable_cores() // 2))
+
+    @property
+    def resolved_intra_op_threads(self) -> int:
+        """Intra-op threads per run: as set, else ORT's default (0) for one instance, else the
+        usable cores shared out, so that concurrent runs do not oversubscribe them."""
+        if self.intra_op_threads or self.model_instances == 1:
+            return self.intra_op_threads
+        return max(1, usable_cores() // self.model_instances)
 
     @property
     def max_request_bytes(self) -> int:

@@ -129,8 +129,8 @@ def session_options(
     """CPU-side session options: full graph optimisation, sequential execution, one inter-op thread,
     no per-shape memory patterns, no spinning once a run has returned.
 
-    `intra_op_threads` 0 leaves ORT's default (one per physical core). The service runs one batch at
-    a time, so parallel (inter-op) execution would only add thread contention.
+    `intra_op_threads` 0 leaves ORT's default (one per physical core). Each of the service's runs is
+    one batch on one thread of its own, so parallel (inter-op) execution would only add contention.
     """
     if intra_op_threads < 0:
         raise ValueError(f"intra_op_threads must be >= 0 (0 = ONNX Runtime default), got {intra_op_threads}")

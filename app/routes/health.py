@@ -90,6 +90,8 @@ async def models(service: Service) -> ModelInfo:
         input={"name": INPUT_NAME, "shape": ["N", 3, meta.image_size, meta.image_size]},
         outputs=service.output_shapes,
         providers=list(loaded.providers),
+        model_instances=settings.model_instances,
+        intra_op_threads=settings.resolved_intra_op_threads,
         limits=Limits(
             max_batch_size=settings.max_batch_size,
             max_batch_delay_ms=settings.max_batch_delay_ms,

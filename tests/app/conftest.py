@@ -117,6 +117,15 @@ class Reference:
         return softmax(logits[0])
 
 
+def assert_matches_reference(result: dict, probabilities: np.ndarray, k: int = 5) -> None:
+    """One /classify result against the reference's probabilities: top-k order, labels, values."""
+    expected = np.argsort(-probabilities, kind="stable")[:k]
+    predictions = result["predictions"]
+    assert [p["index"] for p in predictions] == expected.tolist()
+    assert [p["label"] for p in predictions] == [f"class_{i}" for i in expected]
+    np.testing.assert_allclose([p["probability"] for p in predictions], probabilities[expected], rtol=1e-4)
+
+
 @pytest.fixture(scope="session")
 def reference(fake_model_path: Path) -> Reference:
     return Reference(fake_model_path)

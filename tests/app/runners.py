@@ -6,11 +6,33 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 
 import numpy as np
 
 from app.batcher import ModelRunner
+
+
+class InFlight:
+    """How many calls are inside a runner now and at most; thread-safe, since model instances run
+    batches concurrently."""
+
+    def __init__(self) -> None:
+        self.now = 0
+        self.peak = 0
+        self._lock = threading.Lock()
+
+    @contextmanager
+    def call(self) -> Iterator[None]:
+        with self._lock:
+            self.now += 1
+            self.peak = max(self.peak, self.now)
+        try:
+            yield
+        finally:
+            with self._lock:
+                self.now -= 1
 
 
 class RecordingRunner:
@@ -26,9 +48,14 @@ class RecordingRunner:
         self.batches: list[list[float]] = []
         self.outputs_seen: list[tuple[str, ...]] = []
         self.calls_started = 0
+        self.in_flight = InFlight()
 
     def run(self, batch: np.ndarray, outputs: Sequence[str]) -> dict[str, np.ndarray]:
         self.calls_started += 1
+        with self.in_flight.call():
+            return self._answer(batch, outputs)
+
+    def _answer(self, batch: np.ndarray, outputs: Sequence[str]) -> dict[str, np.ndarray]:
         if self.gate is not None and not self.gate.wait(timeout=30):
             raise RuntimeError("test gate never opened")
         ids = batch[:, 0, 0, 0].astype(np.float64)
@@ -90,12 +117,14 @@ class GatedRunner:
         self.gate = gate
         self.warmup_calls = warmup_calls
         self.calls = 0
+        self.in_flight = InFlight()
 
     def run(self, batch: np.ndarray, outputs: Sequence[str]) -> dict[str, np.ndarray]:
         self.calls += 1
-        if self.calls > self.warmup_calls and not self.gate.wait(timeout=30):
-            raise RuntimeError("test gate never opened")
-        return self.inner.run(batch, outputs)
+        with self.in_flight.call():
+            if self.calls > self.warmup_calls and not self.gate.wait(timeout=30):
+                raise RuntimeError("test gate never opened")
+            return self.inner.run(batch, outputs)
 
 
 class NanRunner:

@@ -39,6 +39,7 @@ def make_batcher(runner: RecordingRunner, **overrides: object) -> Batcher:
         {"max_queue_size": 0},
         {"request_timeout_s": 0},
         {"wait": "sometimes"},
+        {"instances": 0},
     ],
 )
 def test_invalid_batcher_settings_raise_value_error_naming_the_setting(overrides: dict) -> None:
@@ -64,6 +65,28 @@ async def test_concurrent_requests_share_batches_and_each_gets_its_own_result() 
     assert max(sizes) > 1
     assert all(size <= 8 for size in sizes)
     assert sorted(runner.images_seen) == [float(i) for i in range(20)]
+
+
+@pytest.mark.parametrize("instances", [1, 2, 3])
+async def test_instances_run_that_many_batches_at_once_and_no_more(instances: int) -> None:
+    gate = threading.Event()
+    runner = RecordingRunner(gate=gate)
+    batcher = make_batcher(runner, max_batch_size=2, wait="incoming", instances=instances)
+    batcher.start()
+    try:
+        pending = [asyncio.ensure_future(batcher.submit([image(i)], ["id"])) for i in range(8)]
+        await wait_until(lambda: runner.in_flight.now == instances)
+        await asyncio.sleep(0.1)  # room for a collector too many to start a batch of its own
+        assert runner.in_flight.now == instances
+        gate.set()
+        results = await asyncio.gather(*pending)
+    finally:
+        gate.set()
+        await batcher.stop()
+    assert [float(r[0]["id"]) for r in results] == [float(i) for i in range(8)]
+    assert runner.in_flight.peak == instances
+    assert sorted(runner.images_seen) == [float(i) for i in range(8)]
+    assert not batcher.running  # stop() ended every collector
 
 
 async def test_incoming_policy_runs_a_lone_image_without_waiting_out_the_delay() -> None:

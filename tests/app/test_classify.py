@@ -10,19 +10,11 @@ import numpy as np
 import pytest
 
 from app.preprocess import ImagePreprocessor
-from tests.app.conftest import TEST_LIMITS, make_settings, running_app
+from tests.app.conftest import TEST_LIMITS, assert_matches_reference, make_settings, running_app
 from tests.app.fake_model import fake_metadata
 from tests.app.images import encoded_image
 
 pytestmark = pytest.mark.anyio
-
-
-def assert_matches_reference(result: dict, probabilities: np.ndarray, k: int = 5) -> None:
-    expected = np.argsort(-probabilities, kind="stable")[:k]
-    predictions = result["predictions"]
-    assert [p["index"] for p in predictions] == expected.tolist()
-    assert [p["label"] for p in predictions] == [f"class_{i}" for i in expected]
-    np.testing.assert_allclose([p["probability"] for p in predictions], probabilities[expected], rtol=1e-4)
 
 
 async def test_raw_body_image_is_classified_like_a_direct_onnx_runtime_run(client, reference) -> None:

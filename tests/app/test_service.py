@@ -12,7 +12,7 @@ import anyio
 import pytest
 
 from app.logging_setup import RequestIdFilter
-from tests.app.conftest import make_settings, running_app, wait_ready, wait_until
+from tests.app.conftest import assert_matches_reference, make_settings, running_app, wait_ready, wait_until
 from tests.app.fake_model import STAGE_CHANNELS, fake_metadata
 from tests.app.images import encoded_image
 from tests.app.runners import FailingRunner, GatedRunner, NanRunner
@@ -211,6 +211,26 @@ async def test_models_endpoint_describes_the_served_model(client) -> None:
     assert info["limits"]["max_batch_size"] == 8
     assert info["providers"] == ["CPUExecutionProvider"]
     assert (info["pixel_exact"], info["jpeg_reducing_gap"]) == (True, 0.0)
+    assert (info["model_instances"], info["intra_op_threads"]) == (1, 1)
+
+
+async def test_two_model_instances_run_two_batches_at_once_with_correct_answers(
+    fake_model_path, reference
+) -> None:
+    gate = threading.Event()
+    settings = make_settings(fake_model_path, model_instances=2, max_batch_size=1, intra_op_threads=0)
+    async with running_app(settings, runner=lambda inner: GatedRunner(inner, gate)) as client:
+        info = (await client.get("/v1/models")).json()
+        assert (info["model_instances"], info["intra_op_threads"]) == (2, settings.resolved_intra_op_threads)
+        runner = client.app.state.service.batcher.runner
+        pending = [classify(client, seed) for seed in range(4)]
+        await wait_until(lambda: runner.in_flight.now == 2)
+        gate.set()
+        responses = await asyncio.gather(*pending)
+    assert runner.in_flight.peak == 2
+    for seed, response in enumerate(responses):
+        assert response.status_code == 200
+        assert_matches_reference(response.json()["results"][0], reference.probabilities(encoded_image(seed)))
 
 
 async def test_models_endpoint_says_when_preprocessing_is_not_pixel_exact(fake_model_path) -> None:

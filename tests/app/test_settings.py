@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytest
 
-from app.settings import Settings, SettingsError, check_model_file, load_settings
+from app.settings import Settings, SettingsError, check_model_file, load_settings, usable_cores
 
 
 def test_settings_read_prefixed_environment_variables(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -28,6 +29,7 @@ def test_settings_read_prefixed_environment_variables(monkeypatch: pytest.Monkey
         ("TRANSXNET_LOG_FORMAT", "xml"),
         ("TRANSXNET_JPEG_REDUCING_GAP", "-1"),
         ("TRANSXNET_JPEG_REDUCING_GAP", "nan"),
+        ("TRANSXNET_MODEL_INSTANCES", "0"),
     ],
 )
 def test_invalid_value_gives_one_line_message_naming_the_variable(
@@ -68,13 +70,35 @@ def test_reducing_gap_accepts_off_and_values_from_one(
     assert load_settings().jpeg_reducing_gap == expected
 
 
-@pytest.mark.parametrize(("cores", "expected"), [(1, 2), (2, 2), (4, 2), (6, 3), (8, 4), (64, 4), (None, 2)])
+@pytest.mark.parametrize(("cores", "expected"), [(1, 2), (2, 2), (4, 2), (6, 3), (8, 4), (64, 4)])
 def test_default_preprocess_workers_are_half_the_cores_but_never_one(
-    monkeypatch: pytest.MonkeyPatch, cores: int | None, expected: int
+    monkeypatch: pytest.MonkeyPatch, cores: int, expected: int
 ) -> None:
-    monkeypatch.setattr("app.settings.os.cpu_count", lambda: cores)
+    monkeypatch.setattr("app.settings.usable_cores", lambda: cores)
     assert load_settings().resolved_preprocess_workers == expected
     assert load_settings(preprocess_workers=1).resolved_preprocess_workers == 1
+
+
+@pytest.mark.parametrize(
+    ("cores", "instances", "intra_op", "expected"),
+    [
+        (2, 1, 0, 0),  # one instance: ONNX Runtime's own default
+        (2, 2, 0, 1),  # the cores shared out, so two runs do not oversubscribe two cores
+        (8, 2, 0, 4),
+        (2, 3, 0, 1),  # never below one thread
+        (2, 2, 2, 2),  # an explicit value wins
+    ],
+)
+def test_intra_op_threads_share_the_cores_among_model_instances(
+    monkeypatch: pytest.MonkeyPatch, cores: int, instances: int, intra_op: int, expected: int
+) -> None:
+    monkeypatch.setattr("app.settings.usable_cores", lambda: cores)
+    settings = load_settings(model_instances=instances, intra_op_threads=intra_op)
+    assert settings.resolved_intra_op_threads == expected
+
+
+def test_usable_cores_follow_the_affinity_mask() -> None:
+    assert usable_cores() == len(os.sched_getaffinity(0)) >= 1
 
 
 def test_missing_model_file_says_how_to_export_one(tmp_path: Path) -> None:
