@@ -134,6 +134,8 @@ SERVER_SPECS: dict[str, ServerSpec] = {
     ),
     # Every resize in one thread (the default before 2026-11-25 splits large ones over two).
     "service-nosplit": ServerSpec("service-nosplit", "service", (("TRANSXNET_SPLIT_RESIZE", "false"),)),
+    # Two batches at once, one intra-op thread each (Triton's instance count of 2).
+    "service-2x1": ServerSpec("service-2x1", "service", (("TRANSXNET_MODEL_INSTANCES", "2"),)),
     "litserve": ServerSpec("litserve", "litserve"),
 }
 
