@@ -32,7 +32,7 @@ from app.preprocess import DecodePool, ImagePreprocessor
 from app.routes import health, inference, v2
 from app.routes import metrics as metrics_route
 from app.runner import OnnxRunner
-from app.settings import Settings, check_model_file, load_settings
+from app.settings import Settings, check_model_file, load_settings, usable_cores
 from app.state import ServiceState
 from runtime.metadata import OUTPUT_NAMES
 from runtime.session import create_session, read_metadata
@@ -207,6 +207,14 @@ def create_app(settings: Settings | None = None, *, runner: RunnerOverride | Non
             trt_cache_dir=settings.trt_cache_dir,
         )
         service.loaded = loaded
+        if settings.oversubscribed:
+            logger.warning(
+                "%d model instances x %d intra-op threads exceed the %d usable cores: concurrent runs "
+                "will preempt each other; set TRANSXNET_INTRA_OP_THREADS=0 to divide the cores",
+                settings.model_instances,
+                settings.resolved_intra_op_threads,
+                usable_cores(),
+            )
         service.metadata = metadata = read_metadata(loaded.session)
         onnx_runner = OnnxRunner(loaded)
         service.output_shapes = onnx_runner.output_shapes()

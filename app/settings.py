@@ -153,6 +153,13 @@ class Settings(BaseSettings):
         return max(1, usable_cores() // self.model_instances)
 
     @property
+    def oversubscribed(self) -> bool:
+        """More intra-op threads across the instances than usable cores: runs would preempt each
+        other's threads, which the two-instance setting exists to avoid."""
+        threads = self.resolved_intra_op_threads
+        return self.model_instances > 1 and threads * self.model_instances > usable_cores()
+
+    @property
     def max_request_bytes(self) -> int:
         """Largest acceptable request body: every image at its limit plus multipart overhead."""
         return self.max_images_per_request * (self.max_image_bytes + 4096) + 64 * 1024

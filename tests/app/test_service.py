@@ -233,6 +233,22 @@ async def test_two_model_instances_run_two_batches_at_once_with_correct_answers(
         assert_matches_reference(response.json()["results"][0], reference.probabilities(encoded_image(seed)))
 
 
+async def test_instances_with_more_threads_than_cores_start_with_a_warning(
+    fake_model_path, monkeypatch, caplog
+) -> None:
+    monkeypatch.setattr("app.settings.usable_cores", lambda: 2)
+    monkeypatch.setattr("app.main.usable_cores", lambda: 2)
+    caplog.set_level(logging.WARNING, logger="app.main")
+    settings = make_settings(fake_model_path, model_instances=2, intra_op_threads=2)
+    async with running_app(settings) as client:
+        assert (await client.post("/classify", content=encoded_image(1), headers=PNG)).status_code == 200
+    warnings = [r.getMessage() for r in caplog.records if "intra-op threads exceed" in r.getMessage()]
+    assert warnings == [
+        "2 model instances x 2 intra-op threads exceed the 2 usable cores: concurrent runs will preempt "
+        "each other; set TRANSXNET_INTRA_OP_THREADS=0 to divide the cores"
+    ]
+
+
 async def test_models_endpoint_says_when_preprocessing_is_not_pixel_exact(fake_model_path) -> None:
     async with running_app(make_settings(fake_model_path, jpeg_reducing_gap=2.0)) as client:
         info = (await client.get("/v1/models")).json()

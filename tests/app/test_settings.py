@@ -97,6 +97,17 @@ def test_intra_op_threads_share_the_cores_among_model_instances(
     assert settings.resolved_intra_op_threads == expected
 
 
+@pytest.mark.parametrize(
+    ("instances", "intra_op", "oversubscribed"), [(1, 4, False), (2, 0, False), (2, 1, False), (2, 2, True)]
+)
+def test_more_threads_than_cores_across_instances_is_flagged(
+    monkeypatch: pytest.MonkeyPatch, instances: int, intra_op: int, oversubscribed: bool
+) -> None:
+    monkeypatch.setattr("app.settings.usable_cores", lambda: 2)
+    settings = load_settings(model_instances=instances, intra_op_threads=intra_op)
+    assert settings.oversubscribed is oversubscribed
+
+
 def test_usable_cores_follow_the_affinity_mask() -> None:
     assert usable_cores() == len(os.sched_getaffinity(0)) >= 1
 
