@@ -16,7 +16,10 @@ The loop follows LitServe's (monotonic deadline, collect until full or late, run
 With `instances` > 1 (Triton's instance count) that many collectors take batches from the one queue
 and run them at the same time, each in its own thread. On CPU that pays when each run has fewer
 intra-op threads: two one-thread runs keep both cores busy, where the two threads of one run wait
-for each other whenever decoding preempts one of them.
+for each other whenever decoding preempts one of them. It costs a lone request, though, which then
+runs on one thread. So a `wide_runner` (the same model with every core) may be given: a batch that
+would run alone, with nothing queued or being decoded behind it, runs there, and no other batch
+starts until it is done.
 
 Failure stays local: a full queue refuses a request at once (503), a request that waited past
 `request_timeout_s` gets 504 and its queued images are never computed, a cancelled request (client
@@ -105,6 +108,7 @@ class Batcher:
         request_timeout_s: float,
         wait: BatchWait = "incoming",
         instances: int = 1,
+        wide_runner: ModelRunner | None = None,
         observer: BatchObserver | None = None,
     ) -> None:
         if not isinstance(runner, ModelRunner):
@@ -119,6 +123,8 @@ class Batcher:
             raise ValueError(f"request_timeout_s must be a finite number > 0, got {request_timeout_s}")
         if instances < 1:
             raise ValueError(f"instances must be >= 1, got {instances}")
+        if wide_runner is not None and not isinstance(wide_runner, ModelRunner):
+            raise ValueError(f"wide_runner must have a run(batch, outputs) method, got {wide_runner!r}")
         if wait not in BATCH_WAITS:
             raise ValueError(f"wait must be one of {BATCH_WAITS}, got {wait!r}")
         self.runner = runner
@@ -128,16 +134,21 @@ class Batcher:
         self.request_timeout_s = request_timeout_s
         self.wait = wait
         self.instances = instances
+        self.wide_runner = wide_runner
         self._observer = observer
         self._expected = 0  # images announced by expecting() and not yet submitted or abandoned
         self._queue: deque[_Item] = deque()
         self._requests: set[_Request] = set()
         self._arrived = asyncio.Event()
         self._collectors: list[asyncio.Task[None]] = []
+        self._in_flight = 0  # batches running now
+        self._wide_done = asyncio.Event()  # clear while a wide batch runs: nothing else may start
+        self._wide_done.set()
         self._executor: ThreadPoolExecutor | None = None
         self._accepting = False
         # Counters for metrics and tests.
         self.batches_run = 0
+        self.wide_batches_run = 0
         self.images_run = 0
         self.batch_failures = 0
 
@@ -277,22 +288,36 @@ class Batcher:
             with contextlib.suppress(asyncio.TimeoutError):
                 await asyncio.wait_for(self._arrived.wait(), remaining)
 
+    def _runs_wide(self) -> bool:
+        """Whether the batch just taken would run alone: nothing running, queued or being decoded."""
+        if self.wide_runner is None or self._in_flight:
+            return False
+        return not self._queue and self._expected == 0
+
     async def _collect(self) -> None:
         loop = asyncio.get_running_loop()
         while True:
+            await self._wide_done.wait()
             await self._wait_for_batch()
+            await self._wide_done.wait()  # a wide batch may have started while this one formed
             items = self._take_batch()
             if not items:
                 continue
+            wide = self._runs_wide()
+            runner = self.wide_runner if wide else self.runner
+            assert runner is not None
             outputs = sorted(set().union(*(item.request.outputs for item in items)))
             started = time.monotonic()
             if self._observer is not None:
                 for item in items:
                     self._observer.queue_wait(started - item.enqueued)
+            self._in_flight += 1
+            if wide:
+                self._wide_done.clear()
             try:
                 assert self._executor is not None
                 values = await loop.run_in_executor(
-                    self._executor, self._run_batch, [item.image for item in items], outputs
+                    self._executor, self._run_batch, runner, [item.image for item in items], outputs
                 )
             except asyncio.CancelledError:
                 for item in items:
@@ -313,17 +338,24 @@ class Batcher:
                 for item in items:
                     self._fail(item.request, error)
                 continue
+            finally:
+                self._in_flight -= 1
+                if wide:
+                    self._wide_done.set()
             elapsed = time.monotonic() - started
             self.batches_run += 1
+            self.wide_batches_run += wide
             self.images_run += len(items)
             if self._observer is not None:
                 self._observer.batch_done(len(items), elapsed)
             self._hand_back(items, values)
 
-    def _run_batch(self, images: list[np.ndarray], outputs: list[str]) -> dict[str, np.ndarray]:
-        # Runs in the inference thread: stacking ~10 MB here keeps the event loop free.
+    def _run_batch(
+        self, runner: ModelRunner, images: list[np.ndarray], outputs: list[str]
+    ) -> dict[str, np.ndarray]:
+        # Runs in an inference thread: stacking ~10 MB here keeps the event loop free.
         batch = np.stack(images)
-        values = self.runner.run(batch, outputs)
+        values = runner.run(batch, outputs)
         missing = [name for name in outputs if name not in values]
         if missing:
             raise RuntimeError(f"the runner did not return {missing}")

@@ -35,7 +35,7 @@ from app.runner import OnnxRunner
 from app.settings import Settings, check_model_file, load_settings, usable_cores
 from app.state import ServiceState
 from runtime.metadata import OUTPUT_NAMES
-from runtime.session import create_session, read_metadata
+from runtime.session import LoadedSession, create_session, read_metadata
 
 logger = logging.getLogger(__name__)
 
@@ -165,15 +165,27 @@ def _build_runner(onnx_runner: OnnxRunner, override: RunnerOverride | None) -> M
     return runner
 
 
+def _lone_batch_threads(settings: Settings, loaded: LoadedSession) -> int:
+    """Threads for a second, all-cores CPU session that runs a batch when it would run alone; 0 for
+    none. Only with several CPU instances of fewer threads each: one instance already has them all,
+    and on a GPU the thread count does not matter."""
+    cores = usable_cores()
+    if settings.model_instances == 1 or loaded.providers != ("CPUExecutionProvider",):
+        return 0
+    return cores if settings.resolved_intra_op_threads < cores else 0
+
+
 async def _warm_up(service: ServiceState) -> None:
-    """One batch of max_batch_size with every output: allocations, cuDNN algorithm search and the
-    TensorRT engine are paid here, not by the first users."""
+    """One batch of max_batch_size with every output, on each session: allocations, cuDNN algorithm
+    search and the TensorRT engine are paid here, not by the first users."""
     assert service.batcher is not None and service.metadata is not None
     size = service.metadata.image_size
     batch = np.zeros((service.settings.max_batch_size, 3, size, size), dtype=np.float32)
     started = time.perf_counter()
     try:
         await asyncio.to_thread(service.batcher.run_direct, batch, OUTPUT_NAMES)
+        if service.batcher.wide_runner is not None:
+            await asyncio.to_thread(service.batcher.wide_runner.run, batch, OUTPUT_NAMES)
     except Exception as exc:
         service.startup_error = f"warm-up failed: {type(exc).__name__}: {exc}"
         logger.exception("warm-up failed; the service stays not-ready and /healthz reports 500")
@@ -218,6 +230,21 @@ def create_app(settings: Settings | None = None, *, runner: RunnerOverride | Non
         service.metadata = metadata = read_metadata(loaded.session)
         onnx_runner = OnnxRunner(loaded)
         service.output_shapes = onnx_runner.output_shapes()
+        wide_runner = None
+        service.lone_batch_threads = _lone_batch_threads(settings, loaded)
+        if service.lone_batch_threads:
+            wide = await asyncio.to_thread(
+                create_session,
+                path,
+                providers="cpu",
+                intra_op_threads=service.lone_batch_threads,
+                max_batch_size=settings.max_batch_size,
+            )
+            wide_runner = _build_runner(OnnxRunner(wide), runner)
+            logger.info(
+                "a batch that would run alone uses a second session with %d intra-op threads",
+                service.lone_batch_threads,
+            )
         workers = settings.resolved_preprocess_workers
         service.pool = DecodePool(workers, thread_name_prefix="preprocess")
         service.preprocessor = ImagePreprocessor(
@@ -240,6 +267,7 @@ def create_app(settings: Settings | None = None, *, runner: RunnerOverride | Non
             max_batch_delay_ms=settings.max_batch_delay_ms,
             wait=settings.batch_wait,
             instances=settings.model_instances,
+            wide_runner=wide_runner,
             max_queue_size=settings.max_queue_size,
             request_timeout_s=settings.request_timeout_s,
             observer=metrics,

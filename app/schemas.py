@@ -142,6 +142,7 @@ class ModelInfo(BaseModel):
                     "providers": ["CPUExecutionProvider"],
                     "model_instances": 1,
                     "intra_op_threads": 0,
+                    "lone_batch_intra_op_threads": 0,
                     "limits": {
                         "max_batch_size": 16,
                         "max_batch_delay_ms": 5.0,
@@ -178,4 +179,8 @@ class ModelInfo(BaseModel):
     providers: list[str]
     model_instances: int = Field(description="Batches run at once (TRANSXNET_MODEL_INSTANCES).")
     intra_op_threads: int = Field(description="ONNX Runtime intra-op threads per run; 0 = its default.")
+    lone_batch_intra_op_threads: int = Field(
+        description="With several CPU instances: the threads of the second session that runs a batch "
+        "with nothing else running, queued or decoding; 0 when there is none."
+    )
     limits: Limits

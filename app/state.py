@@ -38,6 +38,8 @@ class ServiceState:
     batcher: Batcher | None = None
     preprocessor: ImagePreprocessor | None = None
     pool: DecodePool | None = None
+    #: Intra-op threads of the all-cores session for lone batches (several CPU instances); 0: none.
+    lone_batch_threads: int = 0
     ready: bool = False
     draining: bool = False
     startup_error: str | None = None

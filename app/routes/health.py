@@ -92,6 +92,7 @@ async def models(service: Service) -> ModelInfo:
         providers=list(loaded.providers),
         model_instances=settings.model_instances,
         intra_op_threads=settings.resolved_intra_op_threads,
+        lone_batch_intra_op_threads=service.lone_batch_threads,
         limits=Limits(
             max_batch_size=settings.max_batch_size,
             max_batch_delay_ms=settings.max_batch_delay_ms,

@@ -40,6 +40,7 @@ def make_batcher(runner: RecordingRunner, **overrides: object) -> Batcher:
         {"request_timeout_s": 0},
         {"wait": "sometimes"},
         {"instances": 0},
+        {"wide_runner": object()},
     ],
 )
 def test_invalid_batcher_settings_raise_value_error_naming_the_setting(overrides: dict) -> None:
@@ -87,6 +88,31 @@ async def test_instances_run_that_many_batches_at_once_and_no_more(instances: in
     assert runner.in_flight.peak == instances
     assert sorted(runner.images_seen) == [float(i) for i in range(8)]
     assert not batcher.running  # stop() ended every collector
+
+
+async def test_a_batch_with_nothing_behind_it_runs_wide_and_alone_and_a_backlog_runs_narrow() -> None:
+    gate = threading.Event()
+    wide, narrow = RecordingRunner(gate=gate), RecordingRunner()
+    batcher = make_batcher(narrow, max_batch_size=1, wait="incoming", instances=2, wide_runner=wide)
+    batcher.start()
+    try:
+        lone = asyncio.ensure_future(batcher.submit([image(1)], ["id"]))
+        await wait_until(lambda: wide.in_flight.now == 1)
+        backlog = [asyncio.ensure_future(batcher.submit([image(i)], ["id"])) for i in (2, 3, 4)]
+        await asyncio.sleep(0.1)  # room for a collector to start a batch beside the wide one
+        assert narrow.calls_started == 0, "a batch started while the wide one ran"
+        gate.set()
+        results = await asyncio.gather(lone, *backlog)
+    finally:
+        gate.set()
+        await batcher.stop()
+    assert [float(r[0]["id"]) for r in results] == [1.0, 2.0, 3.0, 4.0]
+    assert wide.images_seen[0] == 1.0
+    # 2 started with 3 and 4 queued behind it, 3 beside 2: both narrow. 4 runs wide only if 2 and 3
+    # were both done when it was taken.
+    assert {2.0, 3.0} <= set(narrow.images_seen)
+    assert sorted(wide.images_seen + narrow.images_seen) == [1.0, 2.0, 3.0, 4.0]
+    assert batcher.wide_batches_run == len(wide.batches)
 
 
 async def test_incoming_policy_runs_a_lone_image_without_waiting_out_the_delay() -> None:

@@ -199,6 +199,10 @@ async def test_draining_turns_readiness_503_and_refuses_new_work(fake_model_path
         assert (await client.get("/healthz")).status_code == 200
 
 
+def threads_of(info: dict) -> tuple[int, int, int]:
+    return info["model_instances"], info["intra_op_threads"], info["lone_batch_intra_op_threads"]
+
+
 async def test_models_endpoint_describes_the_served_model(client) -> None:
     info = (await client.get("/v1/models")).json()
     meta = fake_metadata()
@@ -211,26 +215,59 @@ async def test_models_endpoint_describes_the_served_model(client) -> None:
     assert info["limits"]["max_batch_size"] == 8
     assert info["providers"] == ["CPUExecutionProvider"]
     assert (info["pixel_exact"], info["jpeg_reducing_gap"]) == (True, 0.0)
-    assert (info["model_instances"], info["intra_op_threads"]) == (1, 1)
+    assert threads_of(info) == (1, 1, 0)
 
 
 async def test_two_model_instances_run_two_batches_at_once_with_correct_answers(
-    fake_model_path, reference
+    fake_model_path, reference, monkeypatch
 ) -> None:
+    # One usable core: no all-cores session for lone batches, so every batch takes the instances.
+    monkeypatch.setattr("app.settings.usable_cores", lambda: 1)
+    monkeypatch.setattr("app.main.usable_cores", lambda: 1)
     gate = threading.Event()
     settings = make_settings(fake_model_path, model_instances=2, max_batch_size=1, intra_op_threads=0)
     async with running_app(settings, runner=lambda inner: GatedRunner(inner, gate)) as client:
         info = (await client.get("/v1/models")).json()
-        assert (info["model_instances"], info["intra_op_threads"]) == (2, settings.resolved_intra_op_threads)
-        runner = client.app.state.service.batcher.runner
+        assert (info["model_instances"], info["intra_op_threads"], info["lone_batch_intra_op_threads"]) == (
+            2,
+            1,
+            0,
+        )
+        batcher = client.app.state.service.batcher
+        assert batcher.wide_runner is None
         pending = [classify(client, seed) for seed in range(4)]
-        await wait_until(lambda: runner.in_flight.now == 2)
+        await wait_until(lambda: batcher.runner.in_flight.now == 2)
         gate.set()
         responses = await asyncio.gather(*pending)
-    assert runner.in_flight.peak == 2
+    assert batcher.runner.in_flight.peak == 2
     for seed, response in enumerate(responses):
         assert response.status_code == 200
         assert_matches_reference(response.json()["results"][0], reference.probabilities(encoded_image(seed)))
+
+
+async def test_with_instances_on_cpu_a_lone_batch_runs_on_an_all_cores_session(
+    fake_model_path, reference, monkeypatch
+) -> None:
+    monkeypatch.setattr("app.settings.usable_cores", lambda: 2)
+    monkeypatch.setattr("app.main.usable_cores", lambda: 2)
+    settings = make_settings(fake_model_path, model_instances=2, intra_op_threads=0)
+    opened = threading.Event()
+    opened.set()  # GatedRunner here only counts calls per session
+    async with running_app(settings, runner=lambda inner: GatedRunner(inner, opened)) as client:
+        info = (await client.get("/v1/models")).json()
+        assert (info["model_instances"], info["intra_op_threads"], info["lone_batch_intra_op_threads"]) == (
+            2,
+            1,
+            2,
+        )
+        batcher = client.app.state.service.batcher
+        wide = batcher.wide_runner
+        assert wide is not None and wide.inner.loaded.session is not batcher.runner.inner.loaded.session
+        assert wide.calls == 1  # warmed up too
+        response = await client.post("/classify", content=encoded_image(5), headers=PNG)
+        assert response.status_code == 200
+        assert_matches_reference(response.json()["results"][0], reference.probabilities(encoded_image(5)))
+        assert (batcher.wide_batches_run, wide.calls, batcher.runner.calls) == (1, 2, 1)
 
 
 async def test_instances_with_more_threads_than_cores_start_with_a_warning(
