@@ -217,6 +217,8 @@ def create_app(settings: Settings | None = None, *, runner: RunnerOverride | Non
             max_batch_size=settings.max_batch_size,
             trt_fp16=settings.trt_fp16,
             trt_cache_dir=settings.trt_cache_dir,
+            # Several instances may mean a second session (below): let the two share one arena.
+            shared_arena=settings.model_instances > 1,
         )
         service.loaded = loaded
         if settings.oversubscribed:
@@ -239,6 +241,7 @@ def create_app(settings: Settings | None = None, *, runner: RunnerOverride | Non
                 providers="cpu",
                 intra_op_threads=service.lone_batch_threads,
                 max_batch_size=settings.max_batch_size,
+                shared_arena=True,
             )
             wide_runner = _build_runner(OnnxRunner(wide), runner)
             logger.info(

@@ -185,6 +185,62 @@ def test_session_options_set_threads_and_sequential_execution(tmp_path: Path) ->
         session_options(intra_op_threads=-1)
 
 
+SHARED_ARENA_SCRIPT = """
+import sys
+import numpy as np
+import onnx
+from onnx import TensorProto, helper
+from runtime.session import create_session
+
+# Two 32 MiB intermediates per run: what the arena keeps after a run is easy to see in RSS.
+graph = helper.make_graph(
+    [helper.make_node("Relu", ["x"], ["a"]), helper.make_node("Neg", ["a"], ["b"]),
+     helper.make_node("ReduceSum", ["b"], ["y"], keepdims=0)],
+    "big", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [8, 1024, 1024])],
+    [helper.make_tensor_value_info("y", TensorProto.FLOAT, [])],
+)
+onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), sys.argv[1])
+
+def rss_mib():
+    return int(open("/proc/self/statm").read().split()[1]) * 4096 / 2**20
+
+shared = sys.argv[2] == "shared"
+x = np.ones((8, 1024, 1024), np.float32)
+sessions = [create_session(sys.argv[1], providers="cpu", intra_op_threads=1, shared_arena=shared)
+            for _ in range(2)]
+outputs = [s.session.run(None, {"x": x})[0] for s in sessions[:1]]
+after_one = rss_mib()
+outputs += [s.session.run(None, {"x": x})[0] for s in sessions[1:]]
+assert outputs[0] == outputs[1] == -8 * 1024 * 1024, outputs
+print(round(rss_mib() - after_one, 1))
+"""
+
+
+@pytest.mark.parametrize(("mode", "second_session_grows"), [("shared", False), ("separate", True)])
+def test_sessions_on_the_shared_arena_reuse_each_others_memory(
+    tmp_path: Path, mode: str, second_session_grows: bool
+) -> None:
+    # A fresh process each: the shared arena is process-wide and RSS must start clean.
+    result = subprocess.run(
+        [sys.executable, "-c", SHARED_ARENA_SCRIPT, str(tmp_path / "big.onnx"), mode],
+        capture_output=True,
+        text=True,
+        check=True,
+        cwd=Path(__file__).resolve().parents[2],
+    )
+    growth_mib = float(result.stdout.strip().splitlines()[-1])
+    # The second session's run needs ~64 MiB of intermediates: its own arena, or the one it shares.
+    assert (growth_mib > 48) is second_session_grows, growth_mib
+
+
+def test_shared_arena_is_registered_once_and_asked_for_in_the_options() -> None:
+    session_module.register_shared_cpu_arena()
+    session_module.register_shared_cpu_arena()  # a second call must not raise
+    assert session_options(shared_arena=True).get_session_config_entry("session.use_env_allocators") == "1"
+    with pytest.raises(RuntimeError, match="does not have configuration"):
+        session_options().get_session_config_entry("session.use_env_allocators")
+
+
 def test_optimized_model_is_written_for_inspection(tiny_model: Path, tmp_path: Path) -> None:
     target = tmp_path / "optimized.onnx"
     create_session(tiny_model, providers="cpu", intra_op_threads=1, optimized_model_path=target)
