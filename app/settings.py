@@ -54,7 +54,7 @@ class Settings(BaseSettings):
         le=16,
         description="Batches run at once, each in its own thread (Triton's instance count). On CPU, 2 "
         "(one intra-op thread each, plus an all-cores session for a batch that runs alone) gave "
-        "1.12x the throughput at c=16 on 2 cores, the same c=1 latency and a longer p99 under load: "
+        "1.17x the throughput at c=16 on 2 cores, the same c=1 latency and a longer p99 under load: "
         "see docs/benchmarks.md.",
     )
     trt_fp16: bool = Field(True, description="Let TensorRT use FP16 kernels.")
