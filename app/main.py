@@ -32,10 +32,10 @@ from app.preprocess import DecodePool, ImagePreprocessor
 from app.routes import health, inference, v2
 from app.routes import metrics as metrics_route
 from app.runner import OnnxRunner
-from app.settings import Settings, check_model_file, load_settings, usable_cores
+from app.settings import Settings, check_model_file, load_settings
 from app.state import ServiceState
 from runtime.metadata import OUTPUT_NAMES
-from runtime.session import LoadedSession, create_session, read_metadata
+from runtime.session import create_session, read_metadata
 
 logger = logging.getLogger(__name__)
 
@@ -165,16 +165,6 @@ def _build_runner(onnx_runner: OnnxRunner, override: RunnerOverride | None) -> M
     return runner
 
 
-def _lone_batch_threads(settings: Settings, loaded: LoadedSession) -> int:
-    """Threads for a second, all-cores CPU session that runs a batch when it would run alone; 0 for
-    none. Only with several CPU instances of fewer threads each: one instance already has them all,
-    and on a GPU the thread count does not matter."""
-    cores = usable_cores()
-    if settings.model_instances == 1 or loaded.providers != ("CPUExecutionProvider",):
-        return 0
-    return cores if settings.resolved_intra_op_threads < cores else 0
-
-
 async def _warm_up(service: ServiceState) -> None:
     """One batch of max_batch_size with every output, on each session: allocations, cuDNN algorithm
     search and the TensorRT engine are paid here, not by the first users."""
@@ -227,13 +217,15 @@ def create_app(settings: Settings | None = None, *, runner: RunnerOverride | Non
                 "will preempt each other; set TRANSXNET_INTRA_OP_THREADS=0 to divide the cores",
                 settings.model_instances,
                 settings.resolved_intra_op_threads,
-                usable_cores(),
+                settings.cores,
             )
         service.metadata = metadata = read_metadata(loaded.session)
         onnx_runner = OnnxRunner(loaded)
         service.output_shapes = onnx_runner.output_shapes()
         wide_runner = None
-        service.lone_batch_threads = _lone_batch_threads(settings, loaded)
+        service.lone_batch_threads = settings.lone_batch_threads(
+            cpu_only=loaded.providers == ("CPUExecutionProvider",)
+        )
         if service.lone_batch_threads:
             wide = await asyncio.to_thread(
                 create_session,

@@ -153,6 +153,20 @@ class Settings(BaseSettings):
             return self.intra_op_threads
         return max(1, usable_cores() // self.model_instances)
 
+    def lone_batch_threads(self, cpu_only: bool) -> int:
+        """Threads for a second, all-cores session that runs a batch when it would run alone; 0 for
+        none. Only with several CPU instances of fewer threads each: one instance already has them
+        all, and on a GPU the thread count does not matter."""
+        cores = usable_cores()
+        if self.model_instances == 1 or not cpu_only:
+            return 0
+        return cores if self.resolved_intra_op_threads < cores else 0
+
+    @property
+    def cores(self) -> int:
+        """The usable cores the thread counts above are derived from."""
+        return usable_cores()
+
     @property
     def oversubscribed(self) -> bool:
         """More intra-op threads across the instances than usable cores: runs would preempt each

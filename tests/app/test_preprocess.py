@@ -436,11 +436,8 @@ def test_split_resize_is_pixel_exact_with_timm(
         (97, 61, 2),  # upsampled to 248 on the shorter side
         (1000, 1999, 2),  # the height loses exactly twice the width's pixels: horizontal first
         (1000, 2100, 0),  # over 2:1: Pillow 13 resizes vertically first, so no split
-        (
-            249,
-            1000,
-            1,
-        ),  # to 248 wide the height loses 5 rows to the width's 1 (vertical first); to 404 both grow
+        # To 248 wide the height loses 5 rows to the width's 1 (vertical first); to 404 both grow.
+        (249, 1000, 1),
     ],
 )
 def test_split_resize_equals_one_resize_at_every_shape(

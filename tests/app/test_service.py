@@ -223,16 +223,11 @@ async def test_two_model_instances_run_two_batches_at_once_with_correct_answers(
 ) -> None:
     # One usable core: no all-cores session for lone batches, so every batch takes the instances.
     monkeypatch.setattr("app.settings.usable_cores", lambda: 1)
-    monkeypatch.setattr("app.main.usable_cores", lambda: 1)
     gate = threading.Event()
     settings = make_settings(fake_model_path, model_instances=2, max_batch_size=1, intra_op_threads=0)
     async with running_app(settings, runner=lambda inner: GatedRunner(inner, gate)) as client:
         info = (await client.get("/v1/models")).json()
-        assert (info["model_instances"], info["intra_op_threads"], info["lone_batch_intra_op_threads"]) == (
-            2,
-            1,
-            0,
-        )
+        assert threads_of(info) == (2, 1, 0)
         batcher = client.app.state.service.batcher
         assert batcher.wide_runner is None
         pending = [classify(client, seed) for seed in range(4)]
@@ -249,17 +244,12 @@ async def test_with_instances_on_cpu_a_lone_batch_runs_on_an_all_cores_session(
     fake_model_path, reference, monkeypatch
 ) -> None:
     monkeypatch.setattr("app.settings.usable_cores", lambda: 2)
-    monkeypatch.setattr("app.main.usable_cores", lambda: 2)
     settings = make_settings(fake_model_path, model_instances=2, intra_op_threads=0)
     opened = threading.Event()
     opened.set()  # GatedRunner here only counts calls per session
     async with running_app(settings, runner=lambda inner: GatedRunner(inner, opened)) as client:
         info = (await client.get("/v1/models")).json()
-        assert (info["model_instances"], info["intra_op_threads"], info["lone_batch_intra_op_threads"]) == (
-            2,
-            1,
-            2,
-        )
+        assert threads_of(info) == (2, 1, 2)
         batcher = client.app.state.service.batcher
         wide = batcher.wide_runner
         assert wide is not None and wide.inner.loaded.session is not batcher.runner.inner.loaded.session
@@ -274,7 +264,6 @@ async def test_instances_with_more_threads_than_cores_start_with_a_warning(
     fake_model_path, monkeypatch, caplog
 ) -> None:
     monkeypatch.setattr("app.settings.usable_cores", lambda: 2)
-    monkeypatch.setattr("app.main.usable_cores", lambda: 2)
     caplog.set_level(logging.WARNING, logger="app.main")
     settings = make_settings(fake_model_path, model_instances=2, intra_op_threads=2)
     async with running_app(settings) as client:
