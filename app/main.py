@@ -117,6 +117,7 @@ class RequestObserver:
         response_started = False
         request_id = request_id_of(scope)
         token = current_request_id.set(request_id)
+        self.metrics.in_progress.inc()
 
         async def observed_send(message: Message) -> None:
             nonlocal status, response_started
@@ -144,6 +145,7 @@ class RequestObserver:
                 response = JSONResponse(_error_body("internal_error", text), status_code=500)
                 await response(scope, receive, observed_send)
         finally:
+            self.metrics.in_progress.dec()
             current_request_id.reset(token)
             route = scope.get("route")
             label = getattr(route, "path", None) or "unmatched"

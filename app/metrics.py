@@ -63,6 +63,10 @@ class ServiceMetrics:
             "transxnet_request_timeouts", "Requests that waited past request_timeout_s.", registry=r
         )
         self.ready = Gauge("transxnet_ready", "1 when the service accepts work.", registry=r)
+        # What a drain still has to finish (the scrape that reads it counts itself).
+        self.in_progress = Gauge(
+            "transxnet_requests_in_progress", "HTTP requests being handled now.", registry=r
+        )
 
     def track_queue_depth(self, depth: Callable[[], float]) -> None:
         self.queue_depth.set_function(depth)

@@ -312,6 +312,26 @@ async def test_metrics_count_requests_by_route_and_status(client) -> None:
         assert name in text
 
 
+async def test_requests_in_progress_count_what_is_being_handled(fake_model_path) -> None:
+    gate = threading.Event()
+    settings = make_settings(fake_model_path)
+    async with running_app(settings, runner=lambda inner: GatedRunner(inner, gate)) as client:
+
+        async def in_progress() -> str:
+            lines = (await client.get("/metrics")).text.splitlines()
+            return next(line for line in lines if line.startswith("transxnet_requests_in_progress "))
+
+        assert await in_progress() == "transxnet_requests_in_progress 1.0"  # the scrape itself
+        pending = [classify(client, seed) for seed in range(2)]
+        await wait_until(lambda: client.app.state.service.batcher.pending == 2)
+        assert await in_progress() == "transxnet_requests_in_progress 3.0"
+        gate.set()
+        assert [r.status_code for r in await asyncio.gather(*pending)] == [200, 200]
+        refused = await client.post("/classify", content=b"junk", headers=PNG)
+        assert refused.status_code == 400
+        assert await in_progress() == "transxnet_requests_in_progress 1.0"
+
+
 async def test_preprocessing_time_is_observed_once_per_decoded_image(client) -> None:
     def sample(text: str, name: str) -> float:
         return float(re.search(rf"^{name} (\S+)$", text, re.M).group(1))

@@ -154,8 +154,17 @@ def test_sigterm_with_batched_multi_image_requests_in_flight_answers_all_and_exi
     ):
         single_futures = [pool.submit(post_image, service, blob) for blob in singles]
         group_futures = [pool.submit(post_group, group) for group in groups]
-        # 12 images, batches of 4 at 0.5 s each: wait until work is queued behind a running batch.
-        service.wait_until(lambda: service.metric("transxnet_queue_depth") >= 4, 20, "images queued")
+        # Every request must have reached the handler before SIGTERM (later ones are refused by
+        # design): 6 in progress plus the scrape itself. And with 12 images in batches of 4 at 0.5 s
+        # each, work must be queued behind a running batch.
+        service.wait_until(
+            lambda: (
+                service.metric("transxnet_requests_in_progress") >= 7
+                and service.metric("transxnet_queue_depth") >= 4
+            ),
+            20,
+            "all requests in progress and images queued",
+        )
         service.process.send_signal(signal.SIGTERM)
         started = time.monotonic()
         for future, blob in zip(single_futures, singles, strict=True):
