@@ -99,7 +99,10 @@ class Settings(BaseSettings):
 
     # Server
     host: str = "0.0.0.0"
-    port: int = Field(8000, ge=0, le=65535)
+    port: int = Field(8000, ge=0, le=65535, description="HTTP port (REST routes and /v2).")
+    grpc_port: int = Field(
+        8001, ge=0, le=65535, description="Open Inference Protocol over gRPC (Triton's port); 0 turns it off."
+    )
     log_level: Literal["critical", "error", "warning", "info", "debug"] = "info"
     log_format: Literal["text", "json"] = "text"
     shutdown_timeout_s: float = Field(
