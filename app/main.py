@@ -26,9 +26,10 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from app import v2_protocol
 from app.batcher import Batcher, ModelRunner
 from app.errors import ServiceError
+from app.http import demo, docs_ui
 from app.logging_setup import current_request_id
 from app.metrics import ServiceMetrics
-from app.preprocess import DecodePool, ImagePreprocessor
+from app.imaging import DecodePool, ImagePreprocessor
 from app.routes import health, inference, v2
 from app.routes import metrics as metrics_route
 from app.runner import OnnxRunner
@@ -250,7 +251,7 @@ def create_app(settings: Settings | None = None, *, runner: RunnerOverride | Non
             max_image_pixels=settings.max_image_pixels,
             jpeg_reducing_gap=settings.jpeg_reducing_gap,
             # Half of a large resize goes to another decode thread when one is idle (none with one).
-            resize_helper=service.pool if settings.split_resize and workers > 1 else None,
+            offload=service.pool.submit_if_idle if settings.split_resize and workers > 1 else None,
         )
         if settings.jpeg_reducing_gap:
             logger.info(
@@ -298,6 +299,8 @@ def create_app(settings: Settings | None = None, *, runner: RunnerOverride | Non
         description="Image classification and backbone features from an exported TransXNet (ONNX "
         'Runtime, dynamic batching). Errors are `{"error": {"code", "message"}}`.',
         lifespan=lifespan,
+        docs_url=None,  # the offline /docs and /redoc (docs_ui) replace FastAPI's CDN pages
+        redoc_url=None,
     )
     app.state.service = service
     app.add_exception_handler(ServiceError, _service_error)
@@ -308,4 +311,6 @@ def create_app(settings: Settings | None = None, *, runner: RunnerOverride | Non
     app.include_router(health.router)
     app.include_router(metrics_route.router)
     app.include_router(v2.router)
+    docs_ui.install(app)
+    demo.install(app)
     return app

@@ -18,7 +18,7 @@ from fastapi import Depends, Request
 from app.batcher import Batcher, ImageResult
 from app.errors import ClientDisconnectedError, NotReadyError
 from app.metrics import ServiceMetrics
-from app.preprocess import DecodePool, ImagePreprocessor
+from app.imaging import DecodePool, ImagePreprocessor
 from app.settings import Settings
 from runtime.metadata import ModelMetadata
 from runtime.session import LoadedSession

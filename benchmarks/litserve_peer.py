@@ -6,7 +6,7 @@ Configured to be fair, not to lose: one API server and one inference worker on t
 (`workers_per_device=1`, as the service has one model session), LitServe's own dynamic batching on
 with the service's batch limit and delay (`max_batch_size=16`, `batch_timeout=0.005` s), the same ONNX
 Runtime session options (`runtime.session.create_session`, providers cpu, same intra-op threads), the
-same `app.preprocess.ImagePreprocessor` (pixel-exact timm transform) and the same top-5 softmax
+same `app.imaging.ImagePreprocessor` (pixel-exact timm transform) and the same top-5 softmax
 payload. Uploads come as multipart `file` parts, which LitServe hands to `decode_request` as form
 data. LitServe decodes inside its inference worker, so decoding does not overlap inference there;
 that is its architecture, not a handicap we added.
@@ -31,7 +31,7 @@ class TransXNetAPI(ls.LitAPI):
         self.intra_op_threads = intra_op_threads
 
     def setup(self, device: str) -> None:
-        from app.preprocess import ImagePreprocessor
+        from app.imaging import ImagePreprocessor
         from runtime.session import create_session, read_metadata
 
         loaded = create_session(self.model_path, providers="cpu", intra_op_threads=self.intra_op_threads)

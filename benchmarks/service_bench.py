@@ -218,7 +218,7 @@ def measure_preprocessing(
     import onnxruntime as ort
 
     from app.postprocess import classify_payload, dumps
-    from app.preprocess import ImagePreprocessor
+    from app.imaging import ImagePreprocessor
     from runtime.session import read_metadata
 
     options = ort.SessionOptions()

@@ -9,7 +9,7 @@ from urllib.parse import quote
 from fastapi import APIRouter, Query, Request, Response
 
 from app.errors import InvalidParameterError
-from app.inputs import read_images
+from app.http.uploads import read_images
 from app.postprocess import classify_payload, dumps, features_npz, features_payload
 from app.routes.docs import IMAGE_REQUEST_BODY, INFERENCE_ERRORS
 from app.schemas import ClassifyResponse, FeaturesResponse

@@ -14,7 +14,7 @@ import onnxruntime as ort
 import pytest
 
 from app.main import RunnerOverride, create_app
-from app.preprocess import ImagePreprocessor
+from app.imaging import ImagePreprocessor
 from app.settings import Settings
 from runtime.metadata import INPUT_NAME
 from tests.app.fake_model import build_fake_model, fake_metadata

@@ -10,7 +10,7 @@ import pytest
 from PIL import Image
 
 from tests.app.conftest import TEST_LIMITS
-from tests.app.images import encoded_image, solid_png
+from tests.support.images import encoded_image, solid_png
 
 pytestmark = pytest.mark.anyio
 

@@ -9,10 +9,10 @@ import httpx
 import numpy as np
 import pytest
 
-from app.preprocess import ImagePreprocessor
+from app.imaging import ImagePreprocessor
 from tests.app.conftest import TEST_LIMITS, assert_matches_reference, make_settings, running_app
 from tests.app.fake_model import fake_metadata
-from tests.app.images import encoded_image
+from tests.support.images import encoded_image
 
 pytestmark = pytest.mark.anyio
 

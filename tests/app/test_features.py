@@ -9,7 +9,7 @@ import pytest
 
 from tests.app.conftest import make_settings, running_app
 from tests.app.fake_model import STAGE_CHANNELS
-from tests.app.images import encoded_image
+from tests.support.images import encoded_image
 
 pytestmark = pytest.mark.anyio
 

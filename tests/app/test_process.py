@@ -12,7 +12,7 @@ from concurrent.futures import ThreadPoolExecutor
 import httpx
 import pytest
 
-from tests.app.images import encoded_image
+from tests.support.images import encoded_image
 from tests.processes import ROOT, free_port, running_process, service_env, status_of, wait_for
 
 PNG = {"content-type": "image/png"}
@@ -57,7 +57,7 @@ import asyncio, sys
 import httpx
 from app.main import create_app
 from app.settings import load_settings
-from tests.app.images import encoded_image
+from tests.support.images import encoded_image
 
 async def main():
     app = create_app(load_settings())

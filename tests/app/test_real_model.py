@@ -12,10 +12,10 @@ import numpy as np
 import onnxruntime as ort
 import pytest
 
-from app.preprocess import ImagePreprocessor
+from app.imaging import ImagePreprocessor
 from runtime.metadata import INPUT_NAME
 from runtime.session import read_metadata
-from tests.app.images import encoded_image
+from tests.support.images import encoded_image
 from tests.numerics import softmax
 from tests.processes import free_port, running_process, service_env, status_of, wait_for
 

@@ -14,7 +14,7 @@ import pytest
 from app.logging_setup import RequestIdFilter
 from tests.app.conftest import assert_matches_reference, make_settings, running_app, wait_ready, wait_until
 from tests.app.fake_model import STAGE_CHANNELS, fake_metadata
-from tests.app.images import encoded_image
+from tests.support.images import encoded_image
 from tests.app.runners import FailingRunner, GatedRunner, NanRunner
 
 pytestmark = pytest.mark.anyio
@@ -291,8 +291,8 @@ async def test_large_resizes_borrow_a_second_decode_thread_unless_off_or_alone(
 ) -> None:
     async with running_app(make_settings(fake_model_path, **overrides)) as client:
         service = client.app.state.service
-        assert (service.preprocessor.resize_helper is service.pool) is shared
-        assert (service.preprocessor.resize_helper is None) is not shared
+        assert (service.preprocessor.offload == service.pool.submit_if_idle) is shared
+        assert (service.preprocessor.offload is None) is not shared
 
 
 async def test_metrics_count_requests_by_route_and_status(client) -> None:
@@ -370,9 +370,9 @@ async def test_what_decoding_logs_carries_the_request_id(client, monkeypatch, ca
     def broken_exif(*args: object, **kwargs: object) -> None:
         raise SyntaxError("not a TIFF file")
 
-    monkeypatch.setattr("app.preprocess.ImageOps.exif_transpose", broken_exif)
+    monkeypatch.setattr("app.imaging.decode.ImageOps.exif_transpose", broken_exif)
     caplog.handler.addFilter(RequestIdFilter())
-    with caplog.at_level(logging.WARNING, logger="app.preprocess"):
+    with caplog.at_level(logging.WARNING, logger="app.imaging"):
         response = await client.post(
             "/classify", content=encoded_image(1), headers={**PNG, "X-Request-ID": "exif-7"}
         )

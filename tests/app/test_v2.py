@@ -15,7 +15,7 @@ import numpy as np
 import onnxruntime as ort
 import pytest
 
-from app.preprocess import ImagePreprocessor
+from app.imaging import ImagePreprocessor
 from app.v2_protocol import (
     ResponseOutput,
     classification_strings,
@@ -29,7 +29,7 @@ from runtime.metadata import INPUT_NAME, OUTPUT_NAMES
 from runtime.session import read_metadata
 from tests.app.conftest import TEST_LIMITS, Reference, make_settings, running_app, wait_ready
 from tests.app.fake_model import IMAGE_SIZE, NUM_CLASSES, fake_metadata
-from tests.app.images import encoded_image
+from tests.support.images import encoded_image
 from tests.app.runners import GatedRunner
 from tests.processes import free_port, running_process, service_env, status_of, wait_for
 

@@ -22,7 +22,7 @@ import onnxruntime as ort
 import pytest
 from PIL import Image
 
-from app.preprocess import ImagePreprocessor
+from app.imaging import ImagePreprocessor
 from runtime.metadata import INPUT_NAME
 from runtime.session import read_metadata
 from tests.app.fake_model import build_fake_model

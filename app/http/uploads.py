@@ -19,13 +19,46 @@ from app.errors import (
     MalformedRequestError,
     PayloadTooLargeError,
     TooManyImagesError,
+    UnsupportedMediaTypeError,
 )
-from app.preprocess import check_content_type
+from app.imaging import ACCEPTED_FORMATS_TEXT
 from app.settings import Settings
 
+#: Content types accepted for an image body or part (parameters such as `; charset=` are ignored).
+#: The bytes are sniffed regardless, so a client that only knows `application/octet-stream` is fine.
+SUPPORTED_CONTENT_TYPES: frozenset[str] = frozenset(
+    {
+        "image/jpeg",
+        "image/jpg",  # not registered, but common enough in the wild to accept
+        "image/png",
+        "image/webp",
+        "image/bmp",
+        "image/x-ms-bmp",
+        "image/gif",
+        "image/tiff",
+        "application/octet-stream",
+    }
+)
 IMAGE_FIELDS = ("file", "files")
 #: Non-file form fields tolerated before the parser gives up (parameters belong in the query).
 MAX_FORM_FIELDS = 8
+
+
+def check_content_type(content_type: str | None) -> None:
+    """Refuse a declared content type that cannot be an image we decode (415).
+
+    None or an empty string is accepted: the bytes are sniffed anyway. Parameters (`; charset=...`)
+    and case are ignored, as RFC 9110 says media types are case-insensitive.
+    """
+    if not content_type:
+        return
+    media_type = content_type.split(";", 1)[0].strip().lower()
+    if not media_type or media_type in SUPPORTED_CONTENT_TYPES:
+        return
+    raise UnsupportedMediaTypeError(
+        f"content type {media_type!r} is not accepted: send one of "
+        f"{', '.join(sorted(SUPPORTED_CONTENT_TYPES))} (formats {ACCEPTED_FORMATS_TEXT})"
+    )
 
 
 def _declared_length(request: Request) -> int | None:

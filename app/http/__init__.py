@@ -1,0 +1,1 @@
+"""The HTTP transport: body reading, the REST routes, error mapping and middleware."""
