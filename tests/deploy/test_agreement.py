@@ -46,6 +46,9 @@ EXPORT_CONTAINERS = [
 SHUTDOWN_MARGIN_S = 10
 #: Variables KServe itself reads from a custom predictor's container.
 KSERVE_ENV = {"PROTOCOL"}
+#: ONNX Runtime's switch for its telemetry, which otherwise writes a device-ID file under $HOME (on
+#: the read-only root filesystem; tests/deploy/test_process.py traces the writes).
+ORT_TELEMETRY = {"ORT_DISABLE_TELEMETRY": "1"}
 
 
 def _service(kustomization: str, kind: str, name: str) -> tuple[dict[str, Any], dict[str, Any]]:
@@ -79,8 +82,9 @@ def test_service_environment_names_only_real_settings_with_valid_values(
     ours = {k for k in env_of(item) if k.startswith(ENV_PREFIX)}
     assert ours, "the container sets no setting at all"
     assert not ours - known, f"not settings (typo?): {sorted(ours - known)}"
-    assert not set(env_of(item)) - ours - KSERVE_ENV, "a variable that nothing reads"
+    assert not set(env_of(item)) - ours - KSERVE_ENV - ORT_TELEMETRY.keys(), "a variable nothing reads"
     _settings(item)  # raises on an invalid value or combination
+    assert env_of(item).items() >= ORT_TELEMETRY.items()
 
 
 @pytest.mark.parametrize(("kustomization", "kind", "name"), SERVICE_CONTAINERS)
@@ -160,6 +164,7 @@ def test_export_arguments_are_ones_the_export_accepts(kustomization: str, kind: 
     # The only setting the export reads, on a writable volume.
     variables = {k for k in env_of(item) if k.startswith(ENV_PREFIX)}
     assert variables == {CACHE_ENV}
+    assert env_of(item).items() >= ORT_TELEMETRY.items(), "the export's verification runs ONNX Runtime"
     assert not _mount_of(item, env_of(item)[CACHE_ENV]).get("readOnly")
     for path in filter(None, (args.output, args.triton_repo)):
         assert not _mount_of(item, path).get("readOnly"), path
