@@ -5,6 +5,7 @@ system_packages=(
     chromium       # the real-browser tests of /demo and /docs (Playwright drives it)
     docker-compose # renders compose.yaml offline (no Docker engine needed)
     libb64-0d      # Triton's perf_analyzer (shipped in the tritonclient wheel) links it
+    strace         # tests/deploy: what the Kubernetes container writes (its root filesystem is read-only)
 )
 missing=()
 for package in "${system_packages[@]}"; do
