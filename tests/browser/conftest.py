@@ -1,0 +1,136 @@
+"""Real-browser fixtures: Debian's Chromium driven by Playwright, started once for these tests; the
+service as a real `python -m app` process; and pages that record every request and console message,
+so a test can assert that nothing left the service and nothing went wrong in the page.
+
+Playwright's own browser download (`playwright install`) is never used: the closed network has no
+access to it, and the apt package is what CI installs (scripts/_system.sh). `launch()` gives the
+browser a fresh temporary profile (user-data-dir) of its own and removes it on close.
+"""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pytest
+from playwright.sync_api import Browser, BrowserContext, Page, sync_playwright
+
+from tests.app.fake_model import build_fake_model
+from tests.processes import ROOT, free_port, running_process, service_env, status_of, wait_for
+
+CHROMIUM = Path("/usr/bin/chromium")
+#: Headless and quiet: no GPU, no sync, no component updates, no background requests of its own,
+#: so every request a test sees is the page's.
+CHROMIUM_ARGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--no-first-run",
+]
+PHOTOS = ROOT / "tests" / "fixtures" / "preprocess" / "photos"
+#: Bytes per image for the shared service: the photos used here pass, a larger upload gets 413.
+MAX_IMAGE_BYTES = 1_000_000
+VIEWPORT = {"width": 1280, "height": 900}
+
+
+@dataclass
+class Service:
+    """A running service process, by its base URL."""
+
+    base: str
+
+    def url(self, path: str) -> str:
+        return self.base + path
+
+
+@contextmanager
+def service_process(model_path: Path, **settings: str) -> Iterator[Service]:
+    """`python -m app` on a free port with TRANSXNET_* `settings` (keys without the prefix), ready."""
+    port = free_port()
+    extra = {f"TRANSXNET_{key.upper()}": value for key, value in settings.items()}
+    env = service_env(model_path, TRANSXNET_PORT=str(port), TRANSXNET_LOG_LEVEL="warning", **extra)
+    with running_process([sys.executable, "-m", "app"], env) as process:
+        service = Service(f"http://127.0.0.1:{port}")
+        wait_for(
+            lambda: status_of(service.url("/readyz")) == 200,
+            300,
+            what="/readyz 200",
+            process=process,
+            log=lambda: process.stdout.read() if process.stdout else "",
+        )
+        yield service
+
+
+@pytest.fixture(scope="package")
+def browser() -> Iterator[Browser]:
+    """One Chromium for all the browser tests (each test gets its own context)."""
+    if not CHROMIUM.exists():
+        pytest.skip(f"{CHROMIUM} is missing: apt-get install chromium (scripts/test.sh installs it)")
+    with sync_playwright() as playwright:
+        chromium = playwright.chromium.launch(
+            executable_path=str(CHROMIUM), headless=True, args=CHROMIUM_ARGS
+        )
+        try:
+            yield chromium
+        finally:
+            chromium.close()
+
+
+@pytest.fixture(scope="package")
+def fake_service(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Service]:
+    """The service on the fake model (labels class_0..class_999, random-init weights): fast."""
+    model = build_fake_model(tmp_path_factory.mktemp("browser-model") / "transxnet_fake.onnx")
+    with service_process(model, max_image_bytes=str(MAX_IMAGE_BYTES)) as service:
+        yield service
+
+
+@dataclass
+class RecordedPage:
+    """A page and what it did: every request URL, console errors and uncaught exceptions."""
+
+    page: Page
+    origin: str
+    requests: list[str] = field(default_factory=list)
+    console_errors: list[str] = field(default_factory=list)
+    page_errors: list[str] = field(default_factory=list)
+
+    def foreign_requests(self) -> list[str]:
+        """Requests that did not go to the service. data: URLs and the page's own blob: URLs are
+        not network requests; anything else must start with the service's origin."""
+        local = (f"{self.origin}/", f"blob:{self.origin}/", "data:")
+        return [url for url in self.requests if not url.startswith(local)]
+
+    def paths(self) -> list[str]:
+        """The service paths requested (query strings kept), in order."""
+        return [url[len(self.origin) :] for url in self.requests if url.startswith(f"{self.origin}/")]
+
+
+@pytest.fixture
+def open_page(browser: Browser) -> Iterator[Callable[[Service, str], RecordedPage]]:
+    """`open_page(service, "/demo")`: a fresh context (no cache, no storage) and a page on `path`,
+    recording from before the navigation."""
+    contexts: list[BrowserContext] = []
+
+    def open_(service: Service, path: str) -> RecordedPage:
+        context = browser.new_context(viewport=VIEWPORT)
+        contexts.append(context)
+        page = context.new_page()
+        recorded = RecordedPage(page, service.base)
+        page.on("request", lambda request: recorded.requests.append(request.url))
+        page.on(
+            "console",
+            lambda message: recorded.console_errors.append(message.text) if message.type == "error" else None,
+        )
+        page.on("pageerror", lambda error: recorded.page_errors.append(str(error)))
+        page.goto(service.url(path))
+        return recorded
+
+    yield open_
+    for context in contexts:
+        context.close()
