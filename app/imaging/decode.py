@@ -2,16 +2,24 @@
 
 Deliberate decisions a caller must know:
 
-- Formats are sniffed from the bytes, never trusted from the content type: JPEG (and MPO, a JPEG
-  with extra frames), PNG, WebP, BMP, GIF and TIFF are decoded; anything else Pillow could read
-  (ICO, PPM, EPS, ...) is refused with 415 without decoding its pixels.
-- Limits are checked in order of cost: bytes before parsing, then the header's `width * height`
-  before a single pixel is decoded (Pillow parses headers lazily).
+- Formats are sniffed from the first bytes (`sniff`), never trusted from the content type: JPEG (and
+  MPO, a JPEG with extra frames), PNG, WebP, BMP, GIF and TIFF are decoded, each opened by its own
+  Pillow reader only; any other format is named from its magic number and refused with 415 without
+  any Pillow reader running over it.
+- Limits are checked in order of cost, all but the first before Pillow sees the file: bytes, then a
+  header-only walk of the file's structure with caps on every marker, chunk, strip, tag and EXIF
+  block a reader would walk (`inspect`), then the header's `width * height` against the pixel limit
+  and the size of the resize it implies (`check_geometry`, timm's resize of a 1:4.9M strip would be
+  1.2 Gpixel). A pathological file is refused in milliseconds, before a pixel is allocated.
 - Pillow's global `Image.MAX_IMAGE_PIXELS` is left alone: other code in the process may rely on it.
-  Our `max_image_pixels` is the binding limit; Pillow's own `DecompressionBombError` (above twice its
-  global) is defence in depth and is mapped to the same 413. Pillow's `DecompressionBombWarning` is
-  not turned into an error here (`warnings.catch_warnings` is process-global, not thread-safe); an
-  image that triggers it is either within our limit (and served) or refused by our check.
+  Our `max_image_pixels` is the binding limit, checked before Pillow opens the file, so with the
+  default limits Pillow never warns (`DecompressionBombWarning`); its own `DecompressionBombError`
+  is defence in depth and is mapped to the same 413. A deployment that raises `max_image_pixels`
+  above Pillow's global gets the warning (and a start-up log line saying so); the service routes
+  Python warnings into its logs.
+- Memory per decode stays at about the decoded image plus one 8-bit RGB copy, whatever the mode:
+  16- and 32-bit greyscale are reduced to 8 bits band by band, and a source image is closed as soon
+  as its RGB conversion exists.
 - EXIF orientation is applied (timm does not; its reference photos carry none, so exactness with the
   reference is unaffected). A corrupt EXIF block is logged and the image is used as stored.
 - Colour: `convert('RGB')` as timm does (alpha dropped, palette transparency ignored, CMYK converted
@@ -32,12 +40,15 @@ from __future__ import annotations
 import io
 import logging
 import math
+from collections.abc import Callable
 
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
 from app.errors import ImageDecodeError, PayloadTooLargeError, ServiceError, UnsupportedMediaTypeError
 from app.imaging.geometry import resized_size
+from app.imaging.inspect import ImageHeader, inspect_image
+from app.imaging.sniff import ACCEPTED_FORMATS_TEXT
 
 logger = logging.getLogger(__name__)
 
@@ -45,11 +56,20 @@ logger = logging.getLogger(__name__)
 #: (phone cameras write them); its first frame is an ordinary JPEG.
 SUPPORTED_FORMATS: frozenset[str] = frozenset({"JPEG", "MPO", "PNG", "WEBP", "BMP", "GIF", "TIFF"})
 
-#: How error messages name what we accept.
-ACCEPTED_FORMATS_TEXT = "JPEG, PNG, WebP, BMP, GIF, TIFF"
+__all__ = [
+    "ACCEPTED_FORMATS_TEXT",
+    "DECODE_BYTES_PER_PIXEL",
+    "SUPPORTED_FORMATS",
+    "GeometryCheck",
+    "ImageDecoder",
+]
 
-# Tried in this order when sniffing: the common web formats first.
-_OPEN_ORDER: tuple[str, ...] = ("JPEG", "PNG", "WEBP", "GIF", "BMP", "TIFF")
+#: Raises `PayloadTooLargeError` for a (width, height) whose later processing would be too large.
+GeometryCheck = Callable[[int, int], None]
+
+#: Peak memory of one decode, per pixel of `max_image_pixels`: twice an 8-bit RGB image, what an
+#: RGBA or CMYK image and its RGB conversion take (320 MB at the default 40 Mpixel).
+DECODE_BYTES_PER_PIXEL = 8
 
 # Formats whose decoder can scale down while decoding (`Image.draft`): JPEG, and MPO's JPEG frame.
 _DRAFT_FORMATS = frozenset({"JPEG", "MPO"})
@@ -58,36 +78,42 @@ _DRAFT_FORMATS = frozenset({"JPEG", "MPO"})
 _SIXTEEN_BIT_MODES = frozenset({"I;16", "I;16L", "I;16B", "I;16N", "I"})
 
 
-def _sniff_other_format(data: bytes) -> str | None:
-    """Name the format of bytes none of our decoders accepted, if Pillow knows it (header only).
+# Rows per band when reducing 16- or 32-bit greyscale to 8 bits: a band's temporaries stay around
+# 1-3 MB at any width up to 40 Mpixel's 6,300 columns.
+_GREY_BAND_ROWS = 128
 
-    This only parses a header (no pixel data is decoded), so that a valid ICO or PPM gets a 415
-    that says which formats we take rather than a 400 that calls the file corrupt.
+
+def _high_byte_grey(image: Image.Image) -> Image.Image:
+    """16-bit greyscale (or mode I) to 8-bit L by keeping the high byte, one band of rows at a time.
+
+    Mode I holds 16-bit data when Pillow decodes 16-bit greyscale into it; anything wider is clipped to
+    the 16-bit range rather than wrapped. Working in bands keeps the extra memory to one band, where
+    converting the whole array at once cost four copies of it (+430-560 MB at 40 Mpixel).
     """
-    try:
-        with Image.open(io.BytesIO(data)) as other:
-            return other.format or "unknown"
-    except Image.DecompressionBombError:
-        return "unknown"
-    except MemoryError:
-        raise
-    except Exception:  # not an image any plugin recognises: the caller reports a decode error
-        return None
+    width, height = image.size
+    out = np.empty((height, width), dtype=np.uint8)
+    for top in range(0, height, _GREY_BAND_ROWS):
+        bottom = min(height, top + _GREY_BAND_ROWS)
+        band = np.asarray(image.crop((0, top, width, bottom)))
+        if image.mode == "I":
+            band = np.clip(band, 0, 0xFFFF)
+        out[top:bottom] = band >> 8
+    return Image.fromarray(out)  # 2-D uint8 -> mode L
 
 
 def _to_rgb(image: Image.Image) -> Image.Image:
-    """Convert to 8-bit RGB the way timm does, except that 16-bit greyscale keeps its contrast."""
+    """Convert to 8-bit RGB the way timm does, except that 16-bit greyscale keeps its contrast.
+
+    Returns `image` itself when it is RGB already; otherwise the caller should close `image` once
+    it has the result, so that only one copy of the pixels outlives the call.
+    """
     mode = image.mode
     if mode == "RGB":
         return image  # convert('RGB') would only copy
     if mode in _SIXTEEN_BIT_MODES:
-        samples = np.asarray(image)
-        if mode == "I":
-            # Mode I holds 16-bit data when Pillow decodes 16-bit greyscale into it; anything wider
-            # is clipped to the 16-bit range rather than wrapped.
-            samples = np.clip(samples, 0, 0xFFFF)
-        high_byte = (samples.astype(np.uint32, copy=False) >> 8).astype(np.uint8)
-        return Image.fromarray(high_byte).convert("RGB")  # 2-D uint8 -> mode L
+        grey = _high_byte_grey(image)
+        image.close()  # the wide samples go before the 4-byte-per-pixel RGB image is allocated
+        return grey.convert("RGB")
     if mode == "F":
         raise UnsupportedMediaTypeError(
             "floating-point images (Pillow mode F) have no defined display range: send an 8- or 16-bit image"
@@ -106,6 +132,7 @@ class ImageDecoder:
         max_image_pixels: int,
         resize_size: int,
         jpeg_reducing_gap: float = 0.0,
+        check_geometry: GeometryCheck | None = None,
     ) -> None:
         if max_image_bytes <= 0:
             raise ValueError(f"max_image_bytes must be positive, got {max_image_bytes}")
@@ -118,6 +145,8 @@ class ImageDecoder:
         self.max_image_pixels = max_image_pixels
         self.resize_size = resize_size
         self.jpeg_reducing_gap = jpeg_reducing_gap
+        self.check_geometry = check_geometry
+        self.max_decode_bytes = DECODE_BYTES_PER_PIXEL * max_image_pixels
 
     def __call__(self, data: bytes) -> Image.Image:
         """Bytes to an RGB image with EXIF orientation applied.
@@ -126,9 +155,10 @@ class ImageDecoder:
         (never smaller than the gap times the resize target); the pixel limit still applies to the
         stored size.
 
-        Raises `PayloadTooLargeError` (413) for too many bytes or pixels, `UnsupportedMediaTypeError`
-        (415) for a format we do not decode, `ImageDecodeError` (400) for empty, random, truncated or
-        corrupt data. No Pillow exception escapes.
+        Raises `PayloadTooLargeError` (413) for too many bytes or pixels, a structure over one of
+        `inspect`'s caps or a size `check_geometry` refuses, `UnsupportedMediaTypeError` (415) for a
+        format we do not decode, `ImageDecodeError` (400) for empty, random, truncated or corrupt
+        data. No Pillow exception escapes.
         """
         image = self._open(data)
         self._load(image)
@@ -143,18 +173,23 @@ class ImageDecoder:
                 type(exc).__name__,
                 exc,
             )
+        fmt, mode = image.format, image.mode
         try:
-            return _to_rgb(image)
+            rgb = _to_rgb(image)
         except (ServiceError, MemoryError):
             raise
         except Exception as exc:
             raise ImageDecodeError(
-                f"the {image.format} image's pixel mode {image.mode} cannot be converted to RGB "
+                f"the {fmt} image's pixel mode {mode} cannot be converted to RGB "
                 f"({type(exc).__name__}: {exc})"
             ) from exc
+        if rgb is not image:
+            image.close()  # frees the decoded pixels now rather than after the resize
+        return rgb
 
     def _open(self, data: bytes) -> Image.Image:
-        """Parse the header only, and check bytes, format and declared pixels against the limits."""
+        """Inspect the header and check it against the limits, then let Pillow parse it (its one
+        reader for the sniffed format; no pixel is decoded yet)."""
         if len(data) > self.max_image_bytes:
             raise PayloadTooLargeError(
                 f"image is {len(data)} bytes, above the limit of {self.max_image_bytes} bytes: "
@@ -162,21 +197,18 @@ class ImageDecoder:
             )
         if not data:
             raise ImageDecodeError("the image is empty (0 bytes): send the file's contents")
+        header = inspect_image(data)
+        self._check_size(header.width, header.height)
+        self._check_memory(header)
         try:
-            image = Image.open(io.BytesIO(data), formats=_OPEN_ORDER)
+            image = Image.open(io.BytesIO(data), formats=(header.format,))
         except Image.DecompressionBombError as exc:
             raise PayloadTooLargeError(
                 f"image declares too many pixels ({exc}); the limit is {self.max_image_pixels} pixels"
             ) from exc
         except UnidentifiedImageError as exc:
-            other = _sniff_other_format(data)
-            if other is not None:
-                raise UnsupportedMediaTypeError(
-                    f"image format {other} is not supported: send {ACCEPTED_FORMATS_TEXT}"
-                ) from exc
             raise ImageDecodeError(
-                f"the {len(data)} bytes sent are not a recognisable image "
-                f"({ACCEPTED_FORMATS_TEXT}): the file may be corrupt or not an image"
+                f"the image looks like {header.format} but its header cannot be read: the file is corrupt"
             ) from exc
         except MemoryError:
             raise
@@ -190,16 +222,36 @@ class ImageDecoder:
             raise UnsupportedMediaTypeError(
                 f"image format {image.format} is not supported: send {ACCEPTED_FORMATS_TEXT}"
             )
-        width, height = image.size
+        # Again on Pillow's own reading of the header, in case it differs from ours.
+        self._check_size(*image.size)
+        return image
+
+    def _check_memory(self, header: ImageHeader) -> None:
+        """The decode's peak memory, bounded at `DECODE_BYTES_PER_PIXEL` per pixel of the limit.
+
+        Only decoders with large buffers of their own reach it below the pixel limit: libwebp (16
+        bytes per pixel in all, so WebPs are served up to half the pixel limit) and libtiff on a
+        compressed TIFF stored as one or a few huge strips.
+        """
+        if header.decode_bytes <= self.max_decode_bytes:
+            return
+        raise PayloadTooLargeError(
+            f"decoding this {header.width}x{header.height} {header.format} would take about "
+            f"{header.decode_bytes // 2**20} MiB ({header.working_note}), above the limit of "
+            f"{self.max_decode_bytes // 2**20} MiB per image: send a smaller image, or a JPEG or PNG"
+        )
+
+    def _check_size(self, width: int, height: int) -> None:
+        """Pixel limit, then the caller's geometry check, on a size no pixel of which is decoded."""
         if width <= 0 or height <= 0:
             raise ImageDecodeError(f"image declares an empty size {width}x{height}: the file is corrupt")
-        # Checked on the parsed header, before load() allocates or decodes a single pixel.
         if width * height > self.max_image_pixels:
             raise PayloadTooLargeError(
                 f"image is {width}x{height} = {width * height} pixels, above the limit of "
                 f"{self.max_image_pixels} pixels: send a smaller image"
             )
-        return image
+        if self.check_geometry is not None:
+            self.check_geometry(width, height)
 
     def _load(self, image: Image.Image) -> None:
         """Decode the pixels now, so truncated data fails here and not in a later step."""

@@ -86,13 +86,7 @@ class ResizeCrop:
         if image.mode != "RGB":
             raise ValueError(f"transform expects an RGB image (decode it first), got mode {image.mode}")
         width, height = image.size
-        new_width, new_height = resized_size(width, height, self.resize_size)
-        if new_width * new_height > self.resize_budget:
-            # Extreme aspect ratios blow up on resize (1x10000 -> 248x2480000): refuse before allocating.
-            raise PayloadTooLargeError(
-                f"a {width}x{height} image resizes to {new_width}x{new_height} before cropping, above "
-                f"the limit of {self.resize_budget} pixels: send an image with a less extreme aspect ratio"
-            )
+        new_width, new_height = self.check(width, height)
         box = center_crop_box(new_width, new_height, self.image_size)
         if self._splits(width, height, new_width, new_height):
             split = self._split_resize_crop(image, new_width, new_height, box)
@@ -103,6 +97,19 @@ class ResizeCrop:
         if box != (0, 0, new_width, new_height):
             image = image.crop(box)
         return np.asarray(image)
+
+    def check(self, width: int, height: int) -> tuple[int, int]:
+        """The resized size of a width x height image, or `PayloadTooLargeError` if that is over the
+        resize budget. The decoder calls it on the header's size, before decoding a pixel; the size
+        is symmetric in width and height, so EXIF rotation does not change the verdict."""
+        new_width, new_height = resized_size(width, height, self.resize_size)
+        if new_width * new_height > self.resize_budget:
+            # Extreme aspect ratios blow up on resize (1x10000 -> 248x2480000): refuse before allocating.
+            raise PayloadTooLargeError(
+                f"a {width}x{height} image resizes to {new_width}x{new_height} before cropping, above "
+                f"the limit of {self.resize_budget} pixels: send an image with a less extreme aspect ratio"
+            )
+        return new_width, new_height
 
     def _splits(self, width: int, height: int, new_width: int, new_height: int) -> bool:
         """Whether this resize is worth two threads: someone to offload to, a horizontal pass that

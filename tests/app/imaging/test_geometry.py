@@ -150,12 +150,22 @@ def test_split_resize_with_a_shut_down_pool_resizes_alone(phone_photo: bytes) ->
     assert pool.outstanding == 0
 
 
-def test_extreme_aspect_ratio_is_refused_before_resizing() -> None:
+def test_extreme_aspect_ratio_is_refused_before_decoding() -> None:
     preprocessor = make_preprocessor(max_image_pixels=1_000_000)
-    strip = preprocessor.decode(encode(Image.new("RGB", (5000, 1)), "PNG"))  # 5000 pixels: within limits
+    strip = encode(Image.new("RGB", (5000, 1)), "PNG")  # 5000 pixels: within the pixel limit
     blocks_before = Image.core.get_stats()["new_count"]
     with pytest.raises(PayloadTooLargeError, match="aspect ratio"):
-        preprocessor.transform(strip)  # would resize to 1,240,000 x 248
+        preprocessor.decode(strip)  # its header says it would resize to 1,240,000 x 248
+    assert Image.core.get_stats()["new_count"] == blocks_before  # not a pixel was decoded
+
+
+def test_extreme_aspect_ratio_is_refused_before_resizing() -> None:
+    # The same rule guards the transform for an image that did not come through the decoder.
+    preprocessor = make_preprocessor(max_image_pixels=1_000_000)
+    strip = Image.new("RGB", (5000, 1))
+    blocks_before = Image.core.get_stats()["new_count"]
+    with pytest.raises(PayloadTooLargeError, match="aspect ratio"):
+        preprocessor.transform(strip)
     assert Image.core.get_stats()["new_count"] == blocks_before
     # A 16:1 panorama is always served.
     panorama = preprocessor.decode(encode(Image.new("RGB", (1600, 100)), "PNG"))
