@@ -45,7 +45,10 @@ _REFUSED_PREFIXES: tuple[tuple[bytes, str], ...] = (
     (b"#?RADIANCE", "Radiance HDR"),
     (b"#?RGBE", "Radiance HDR"),
     (b"SIMPLE  =", "FITS"),
-    (b"\x01\xda", "SGI"),
+    (b"\x01\xda\x00\x01", "SGI"),  # magic, storage (verbatim or RLE), bytes per channel
+    (b"\x01\xda\x01\x01", "SGI"),
+    (b"\x01\xda\x00\x02", "SGI"),
+    (b"\x01\xda\x01\x02", "SGI"),
     (b"\x59\xa6\x6a\x95", "Sun raster"),
     (b"\xb1\x68\xde\x3a", "DCX"),
     (b"BLP1", "BLP"),
@@ -58,7 +61,6 @@ _REFUSED_PREFIXES: tuple[tuple[bytes, str], ...] = (
     (b"\x1a\x45\xdf\xa3", "Matroska/WebM video"),
     (b"OggS", "Ogg"),
     (b"ID3", "MP3 audio"),
-    (b"BA", "OS/2 bitmap array"),
 )
 
 # ISO base media file format brands (the `ftyp` box): HEIF stills and everything else.

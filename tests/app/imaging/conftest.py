@@ -77,3 +77,17 @@ class RecordingPool(DecodePool):
 def helper() -> Iterator[RecordingPool]:
     with RecordingPool() as pool:
         yield pool
+
+
+@pytest.fixture
+def opened(monkeypatch: pytest.MonkeyPatch) -> list[tuple[str, ...] | None]:
+    """Every `PIL.Image.open` call's `formats` argument, in order (the call itself goes through)."""
+    calls: list[tuple[str, ...] | None] = []
+    real_open = Image.open
+
+    def spy(fp, mode="r", formats=None):  # type: ignore[no-untyped-def]
+        calls.append(None if formats is None else tuple(formats))
+        return real_open(fp, mode, formats)
+
+    monkeypatch.setattr(Image, "open", spy)
+    return calls

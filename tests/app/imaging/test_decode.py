@@ -1,6 +1,8 @@
 """Decoding untrusted bytes: every colour mode and format as timm's convert('RGB') has it (16-bit
-greyscale excepted, by design), EXIF orientation, opt-in reduced-scale JPEG decoding, and every
-refusal (empty, random, truncated, corrupt, too many bytes or pixels, formats we do not serve)."""
+greyscale excepted, by design, and reduced band by band), EXIF orientation, opt-in reduced-scale JPEG
+decoding, and every refusal (empty, random, truncated, corrupt, too many bytes, pixels or bytes of
+decode memory, formats we do not serve). Structural caps: test_inspect.py; the hostile corpus:
+test_hostile.py."""
 
 from __future__ import annotations
 
@@ -19,6 +21,7 @@ from app.imaging import (
     ImagePreprocessor,
 )
 from tests.app.imaging.conftest import PHOTOS, make_preprocessor
+from tests.support import hostile
 from tests.support.images import encode, gradient_rgb, png_declaring
 
 
@@ -343,7 +346,7 @@ def test_formats_pillow_reads_but_we_do_not_serve_are_unsupported(
     with pytest.raises(UnsupportedMediaTypeError, match=name) as raised:
         preprocessor.decode(data)
     assert "JPEG" in raised.value.message
-    assert raised.value.status_code == 415
+    assert raised.value.code == "unsupported_media_type"
 
 
 @pytest.mark.filterwarnings("ignore::UserWarning")  # Pillow warns about each mangled TIFF tag
@@ -366,3 +369,83 @@ def test_no_pillow_exception_escapes_on_mangled_inputs(preprocessor: ImagePrepro
 
 def test_supported_formats_are_the_documented_ones() -> None:
     assert {"JPEG", "MPO", "PNG", "WEBP", "BMP", "GIF", "TIFF"} == SUPPORTED_FORMATS
+
+
+# --- wide greyscale, decode memory and EXIF within the inspection caps ------------------------------
+
+
+def test_16_bit_greyscale_keeps_the_high_byte_of_every_value(preprocessor: ImagePreprocessor) -> None:
+    samples = np.arange(65536, dtype=np.uint16).reshape(256, 256)
+    decoded = np.asarray(preprocessor.decode(encode(Image.fromarray(samples), "PNG")))
+    np.testing.assert_array_equal(decoded[..., 1], (samples >> 8).astype(np.uint8))
+
+
+def test_big_endian_16_bit_tiff_keeps_the_high_byte(preprocessor: ImagePreprocessor) -> None:
+    samples = (np.arange(40 * 32, dtype=np.uint32) * 51 % 65536).astype(">u2").reshape(32, 40)
+    tiff = hostile.TiffBuilder(big_endian=True)
+    strip = tiff.blob(samples.tobytes())
+    entries = {
+        256: tiff.values(hostile.LONG, [40]),
+        257: tiff.values(hostile.LONG, [32]),
+        258: tiff.values(hostile.SHORT, [16]),
+        259: tiff.values(hostile.SHORT, [1]),
+        262: tiff.values(hostile.SHORT, [1]),
+        273: tiff.values(hostile.LONG, [strip]),
+        277: tiff.values(hostile.SHORT, [1]),
+    }
+    data = tiff.finish(tiff.ifd(entries))
+    assert Image.open(io.BytesIO(data)).mode == "I;16B"
+    decoded = np.asarray(preprocessor.decode(data))
+    np.testing.assert_array_equal(decoded[..., 0], (samples.astype(np.uint16) >> 8).astype(np.uint8))
+
+
+def test_wide_greyscale_is_reduced_band_by_band_without_seams(preprocessor: ImagePreprocessor) -> None:
+    # 300 rows: three bands of 128, 128 and 44, each row its own value.
+    rows = (np.arange(300, dtype=np.uint32) * 218).astype(np.uint16)
+    samples = np.repeat(rows[:, None], 7, axis=1)
+    for data in (
+        encode(Image.fromarray(samples), "PNG"),
+        encode(Image.fromarray(samples.astype(np.int32)), "TIFF"),
+    ):
+        decoded = np.asarray(preprocessor.decode(data))
+        np.testing.assert_array_equal(decoded[:, :, 2], (samples >> 8).astype(np.uint8))
+
+
+def test_webp_is_served_up_to_half_the_pixel_limit(opened: list) -> None:
+    # libwebp's decoder needs 16 bytes per pixel where the others need 8 at most.
+    four = encode(Image.new("RGB", (4, 4), (9, 99, 199)), "WEBP", lossless=True)
+    five = encode(Image.new("RGB", (5, 5), (9, 99, 199)), "WEBP", lossless=True)
+    preprocessor = make_preprocessor(max_image_pixels=32)
+    assert preprocessor.decode(four).size == (4, 4)
+    opened.clear()
+    with pytest.raises(PayloadTooLargeError, match="libwebp"):
+        preprocessor.decode(five)
+    assert opened == []
+    assert make_preprocessor(max_image_pixels=50).decode(five).size == (5, 5)
+
+
+def test_compressed_tiff_in_huge_strips_is_refused_for_libtiffs_buffer(opened: list) -> None:
+    # 100 x 100 16-bit RGBA: one 80 KB strip for libtiff besides the image, over 8 bytes per pixel.
+    preprocessor = make_preprocessor(max_image_pixels=10_000)
+    with pytest.raises(PayloadTooLargeError, match="libtiff decompresses it 100 rows at a time"):
+        preprocessor.decode(hostile.tiff_deflate(100, 100, bits=16, samples=4, rows_per_strip=100))
+    assert opened == []
+    decoded = np.asarray(
+        preprocessor.decode(hostile.tiff_deflate(100, 100, bits=16, samples=4, rows_per_strip=8))
+    )
+    # The ramp's 16-bit samples become their high byte; the alpha channel is dropped.
+    ramp = (np.resize(np.arange(256) * 257, 400).reshape(100, 4) >> 8).astype(np.uint8)
+    np.testing.assert_array_equal(decoded[0], ramp[:, :3])
+
+
+@pytest.mark.parametrize("fmt", ["PNG", "WEBP"])
+def test_exif_orientation_in_png_and_webp_is_applied(preprocessor: ImagePreprocessor, fmt: str) -> None:
+    stored = np.zeros((16, 32, 3), dtype=np.uint8)
+    stored[:, :16] = (255, 0, 0)  # left half red: the top once rotated clockwise
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    params = {"lossless": True} if fmt == "WEBP" else {}
+    decoded = np.asarray(
+        preprocessor.decode(encode(Image.fromarray(stored), fmt, exif=exif.tobytes(), **params))
+    )
+    np.testing.assert_array_equal(decoded, np.rot90(stored, k=-1))
