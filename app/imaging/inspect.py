@@ -105,6 +105,11 @@ TIFF_MAX_TAG_VALUES = 262144
 #: Pages (directories in the chain): Pillow reads the first only, but counts them if asked.
 TIFF_MAX_PAGES = 1024
 
+#: JPEG scans per strip or tile of a JPEG-compressed TIFF. libtiff writes baseline strips (one
+#: scan); libtiff itself stops at 100 per strip (LIBTIFF_JPEG_MAX_ALLOWED_SCAN_NUMBER), which would
+#: still let every strip cost 100 passes over its pixels.
+TIFF_JPEG_MAX_SCANS_PER_STRIP = 16
+
 # --- memory per decode -----------------------------------------------------------------------------
 
 #: Bytes per pixel of Pillow's decoded image, whatever the mode we accept (RGB, RGBA, CMYK and mode I
@@ -524,6 +529,10 @@ def _tiff_header(
     compression = (reader.values(entries.get(259)) or [1])[0]
     if compression == 1:
         return ImageHeader("TIFF", width, height)  # uncompressed: Pillow reads it in small blocks
+    if compression in (6, 7):  # old- and new-style JPEG: count the scans of all strips at C speed
+        strips = max((entries[tag][1] for tag in (273, 324) if tag in entries), default=1)
+        if reader.data.count(b"\xff\xda") > TIFF_JPEG_MAX_SCANS_PER_STRIP * strips:
+            raise _too_many("TIFF", "JPEG scans per strip", TIFF_JPEG_MAX_SCANS_PER_STRIP)
     bits = reader.values(entries.get(258)) or [1]
     samples = (reader.values(entries.get(277)) or [1])[0]
     planar = (reader.values(entries.get(284)) or [1])[0] == 2

@@ -331,6 +331,23 @@ def tiff_pages(count: int, *, loop: bool = False) -> bytes:
     return tiff.finish(first)
 
 
+def tiff_jpeg_scans(count: int, *, side: int = 2048) -> bytes:
+    """A JPEG-compressed TIFF whose one strip is a flat progressive JPEG with `count` extra scans
+    (libtiff stops at 100 per strip, so a file of many such strips costs 100 passes per pixel)."""
+    jpeg = jpeg_many_scans(count, side=side)
+    tiff = TiffBuilder()
+    strip = tiff.blob(jpeg)
+    entries = _tiff_grey_entries(tiff, side, side)
+    entries[258] = tiff.values(SHORT, [8, 8, 8])
+    entries[259] = tiff.values(SHORT, [7])  # JPEG
+    entries[262] = tiff.values(SHORT, [6])  # YCbCr
+    entries[273] = tiff.values(LONG, [strip])
+    entries[277] = tiff.values(SHORT, [3])
+    entries[278] = tiff.values(LONG, [side])
+    entries[279] = tiff.values(LONG, [len(jpeg)])
+    return tiff.finish(tiff.ifd(entries))
+
+
 def tiff_declaring(width: int, height: int) -> bytes:
     """A TIFF header claiming width x height pixels with one byte of data."""
     tiff = TiffBuilder()
@@ -646,6 +663,12 @@ def hostile_cases(max_image_bytes: int = 20_000_000) -> dict[str, HostileCase]:
             lambda: tiff_many_entries(65535),
             too_large,
             "a directory of 65535 entries",
+        ),
+        HostileCase(
+            "tiff-jpeg-strip-of-90-scans",
+            lambda: tiff_jpeg_scans(80),
+            too_large,
+            "a JPEG-compressed strip of 90 progressive scans, just under libtiff's own limit of 100",
         ),
         HostileCase(
             "tiff-bomb-header",

@@ -280,6 +280,13 @@ def test_compressed_tiff_declares_libtiffs_strip_buffer() -> None:
     assert inspect_image(hostile.tiff_strips(10, 10)).working_bytes == 0  # uncompressed: Pillow's reader
 
 
+def test_jpeg_compressed_tiff_scans_are_capped_per_strip() -> None:
+    assert (
+        inspect_image(hostile.tiff_jpeg_scans(caps.TIFF_JPEG_MAX_SCANS_PER_STRIP - 10, side=64)).width == 64
+    )
+    refused(hostile.tiff_jpeg_scans(caps.TIFF_JPEG_MAX_SCANS_PER_STRIP - 9, side=64), "JPEG scans per strip")
+
+
 def test_tiff_without_a_size_is_a_decode_error() -> None:
     tiff = hostile.TiffBuilder()
     data = tiff.finish(tiff.ifd({259: tiff.values(hostile.SHORT, [1])}))
