@@ -17,6 +17,7 @@ from PIL import Image, ImageFile
 
 from app.imaging.decode import ImageDecoder
 from app.imaging.geometry import Offload, ResizeCrop
+from app.imaging.native import silence_libtiff
 from app.imaging.normalize import Normalizer
 from runtime.metadata import ModelMetadata
 
@@ -65,6 +66,7 @@ class ImagePreprocessor:
         )
         self.normalize = Normalizer(metadata.mean, metadata.std)
         _warn_about_process_wide_pillow_settings(max_image_pixels)
+        silence_libtiff()  # its C-level prints would bypass the log format; the decoder reports instead
 
     @property
     def jpeg_reducing_gap(self) -> float:

@@ -449,3 +449,18 @@ def test_exif_orientation_in_png_and_webp_is_applied(preprocessor: ImagePreproce
         preprocessor.decode(encode(Image.fromarray(stored), fmt, exif=exif.tobytes(), **params))
     )
     np.testing.assert_array_equal(decoded, np.rot90(stored, k=-1))
+
+
+def test_a_corrupt_compressed_tiff_prints_nothing_past_the_log_format(
+    preprocessor: ImagePreprocessor, capfd: pytest.CaptureFixture[str]
+) -> None:
+    # libtiff prints "ZIPDecode: Decoding error ..." to the process's stderr unless silenced; the
+    # request still gets its 400, which names the failure.
+    data = bytearray(encode(Image.fromarray(gradient_rgb(64, 48)), "TIFF", compression="tiff_adobe_deflate"))
+    with Image.open(io.BytesIO(bytes(data))) as image:
+        strip = image.tag_v2[273][0]
+    data[strip + 2 : strip + 40] = bytes(38)  # past the zlib header: the deflate data is garbage
+    capfd.readouterr()
+    with pytest.raises(ImageDecodeError, match="cannot be decoded"):
+        preprocessor.decode(bytes(data))
+    assert capfd.readouterr().err == ""
