@@ -5,7 +5,8 @@ Downloads go through the stdlib (`urllib`) so the export needs no extra dependen
 directory (`$TRANSXNET_CACHE_DIR`, else `~/.cache/transxnet`) and are reused without a network call.
 A download is written to a temporary file in the cache directory, its byte count is checked against
 Content-Length, it is fsynced and only then renamed into place (`os.replace`, atomic on one file
-system): an interrupted or truncated transfer never poses as a checkpoint. No torch here.
+system): an interrupted or truncated transfer never poses as a checkpoint. The official releases'
+URLs and file names come from `model.weights`, the one table of release facts.
 """
 
 from __future__ import annotations
@@ -25,18 +26,10 @@ from typing import BinaryIO
 
 from tqdm import tqdm
 
-logger = logging.getLogger(__name__)
+from model.transxnet import resolve_variant
+from model.weights import pretrained_cfg
 
-#: The official ImageNet-1k checkpoints (https://github.com/LMMMEng/TransXNet, release v1.0),
-#: keyed by canonical variant and input size. Plain data, so the README and Docker can point at it.
-PRETRAINED_URLS: dict[str, dict[int, str]] = {
-    "transxnet_t": {224: "https://github.com/LMMMEng/TransXNet/releases/download/v1.0/transx-t.pth.tar"},
-    "transxnet_s": {224: "https://github.com/LMMMEng/TransXNet/releases/download/v1.0/transx-s.pth.tar"},
-    "transxnet_b": {
-        224: "https://github.com/LMMMEng/TransXNet/releases/download/v1.0/transx-b.pth.tar",
-        384: "https://github.com/LMMMEng/TransXNet/releases/download/v1.0/transx-b-384.pth.tar",
-    },
-}
+logger = logging.getLogger(__name__)
 
 #: The `spec` that selects the official release for (variant, image_size).
 PRETRAINED = "pretrained"
@@ -68,29 +61,9 @@ class CheckpointDownloadError(RuntimeError):
         self.reason = reason
 
 
-def canonical_variant(name: str) -> str:
-    """'t', 'T', 'transxnet_t', 'transxnet-t' -> 'transxnet_t'; unknown names raise `ValueError`."""
-    key = name.strip().lower().replace("-", "_")
-    if not key.startswith("transxnet_"):
-        key = f"transxnet_{key}"
-    if key not in PRETRAINED_URLS:
-        raise ValueError(
-            f"unknown TransXNet variant {name!r}; choose one of t, s, b ({', '.join(PRETRAINED_URLS)})"
-        )
-    return key
-
-
 def pretrained_url(variant: str, image_size: int) -> str:
     """The official release URL for (variant, image_size), or `ValueError` listing what exists."""
-    canonical = canonical_variant(variant)
-    sizes = PRETRAINED_URLS[canonical]
-    if image_size not in sizes:
-        available = ", ".join(f"{v} at {s}" for v, by_size in PRETRAINED_URLS.items() for s in by_size)
-        raise ValueError(
-            f"no official checkpoint for {canonical} at image size {image_size}; releases exist for: "
-            f"{available}. Pass a local checkpoint or URL instead, or omit it for a random init."
-        )
-    return sizes[image_size]
+    return pretrained_cfg(resolve_variant(variant), image_size).url
 
 
 def default_cache_dir() -> Path:
@@ -127,9 +100,11 @@ def resolve_checkpoint(
     """
     if spec is None:
         return None
-    url = pretrained_url(variant, image_size) if spec == PRETRAINED else spec
-    if urllib.parse.urlparse(url).scheme in ("http", "https"):
-        return ResolvedCheckpoint(download_checkpoint(url, cache_dir=cache_dir), url_file_name(url))
+    if spec == PRETRAINED:
+        release = pretrained_cfg(resolve_variant(variant), image_size)
+        return ResolvedCheckpoint(download_checkpoint(release.url, cache_dir=cache_dir), release.file_name)
+    if urllib.parse.urlparse(spec).scheme in ("http", "https"):
+        return ResolvedCheckpoint(download_checkpoint(spec, cache_dir=cache_dir), url_file_name(spec))
     path = Path(spec).expanduser()
     if not path.is_file():
         raise FileNotFoundError(

@@ -9,6 +9,7 @@ provenance, so the service never guesses them.
 from __future__ import annotations
 
 import contextlib
+import copy
 import hashlib
 import logging
 import os
@@ -24,10 +25,10 @@ import torch
 from torch import nn
 
 from export.download import ResolvedCheckpoint
-from export.optimize import prepare_for_export
 from model import create_model, resolve_variant
-from model.transxnet import VARIANTS, TransXNet
-from runtime.metadata import IMAGENET_MEAN, IMAGENET_STD, INPUT_NAME, OUTPUT_NAMES, ModelMetadata
+from model.transxnet import TransXNet
+from model.weights import eval_cfg
+from runtime.metadata import INPUT_NAME, OUTPUT_NAMES, ModelMetadata
 
 log = logging.getLogger(__name__)
 
@@ -56,17 +57,23 @@ class StepTimer:
 
 
 class _ExportHead(nn.Module):
-    """Returns every output the service needs from one forward pass."""
+    """Traces `forward_outputs`: every output the service needs, from one forward pass."""
 
-    def __init__(self, net: nn.Module) -> None:
+    def __init__(self, net: TransXNet) -> None:
         super().__init__()
         self.net = net
 
     def forward(self, images: torch.Tensor) -> tuple[torch.Tensor, ...]:
-        stages = self.net.forward_features(images)
-        pooled = self.net.forward_head(stages[-1], pre_logits=True)
-        logits = self.net.classifier[2](pooled[:, :, None, None]).flatten(1)
-        return (logits, pooled, *stages)
+        # named like OUTPUT_NAMES, in that order (tests/export checks the two agree)
+        return tuple(self.net.forward_outputs(images))
+
+
+def prepare_for_export(model: TransXNet) -> TransXNet:
+    """An eval-mode copy of `model` in its exact export form (`TransXNet.reparameterize`): IDConv
+    batch-independent (ONNX `Conv.group` is static), the affine layers ONNX Runtime cannot fuse
+    folded. The copy computes the same function as `model`, at any input size; `model` is untouched.
+    """
+    return copy.deepcopy(model).reparameterize()
 
 
 def file_sha256(path: Path) -> str:
@@ -109,17 +116,20 @@ def build_model(
 def build_metadata(
     net: TransXNet, *, weights: str, labels: tuple[str, ...], precision: str = "fp32", opset: int
 ) -> ModelMetadata:
+    """The file's metadata; preprocessing comes from the release table (`model.weights.eval_cfg`),
+    so the service prepares images exactly as the weights were evaluated."""
     try:
         ours = version("transxnet-serve")
     except PackageNotFoundError:
         ours = "unknown"
+    transform = eval_cfg(net.variant, net.image_size)  # the release's evaluation transform
     return ModelMetadata(
         variant=net.variant,
         image_size=net.image_size,
-        crop_pct=VARIANTS[net.variant].crop_pct,
-        interpolation="bicubic",
-        mean=IMAGENET_MEAN,
-        std=IMAGENET_STD,
+        crop_pct=transform.crop_pct,
+        interpolation=transform.interpolation,
+        mean=transform.mean,
+        std=transform.std,
         num_classes=net.num_classes,
         labels=labels,
         weights=weights,

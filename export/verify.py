@@ -84,11 +84,8 @@ def relative_error(actual: np.ndarray, expected: np.ndarray) -> float:
 def torch_outputs(net: TransXNet, images: np.ndarray) -> dict[str, np.ndarray]:
     """The six exported outputs computed by the untouched PyTorch model (official IDConv form)."""
     with torch.inference_mode():
-        stages = net.forward_features(torch.from_numpy(images))
-        pooled = net.forward_head(stages[-1], pre_logits=True)
-        logits = net.forward_head(stages[-1])
-    tensors = (logits, pooled, *stages)
-    return {name: t.numpy() for name, t in zip(OUTPUT_NAMES, tensors, strict=True)}
+        outputs = net.forward_outputs(torch.from_numpy(images))
+    return {name: getattr(outputs, name).numpy() for name in OUTPUT_NAMES}
 
 
 def verify_onnx(

@@ -4,12 +4,13 @@ Numerically identical to the official implementation (LMMMEng/TransXNet `models/
 parameter-for-parameter compatible with its release checkpoints: module names reproduce the
 official ones, including mmcv's `ConvModule` parts (`conv`, `bn`).
 
-One deliberate addition: IDConv's per-sample depthwise convolution has two formulations. The
-official one folds the batch into the conv groups (`groups=B*C`), which no ONNX exporter can trace
-with a dynamic batch (ONNX `Conv.group` is a static attribute). `dynamic_conv_impl="export"` computes
-the same convolution with no batch-dependent attribute (and mixes the kernel groups without a
-Softmax node, which ONNX Runtime runs slowly on a non-last axis); eager inference keeps the official
-form.
+One deliberate addition: every module has an exact inference form for export, which
+`TransXNet.reparameterize()` switches to in one call (as timm's RepVGG and FastViT do). IDConv's
+per-sample depthwise convolution is the main one: the official formulation folds the batch into the
+conv groups (`groups=B*C`), which no ONNX exporter can trace with a dynamic batch (ONNX `Conv.group`
+is a static attribute); the export formulation (`model.ops`) computes the same convolution with no
+batch-dependent attribute. The other rewrites fold affine layers and merge branches
+(`model.reparam`). Eager inference keeps the official forms.
 
 Written bottom-up: leaf modules, block, network, checkpoint filter, factories.
 """
@@ -21,105 +22,26 @@ import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
+from typing import NamedTuple
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from model.checkpoint import CheckpointMismatchError, read_checkpoint
+from model.ops import DYNAMIC_CONV, DYNAMIC_CONV_IMPLS, MIX_GROUPS, DynamicConvImpl
+from model.reparam import (
+    Affine,
+    FoldedMSFFN,
+    ReparameterizeError,
+    TwoGroupIDConv,
+    expect_layers,
+    fold_batchnorms,
+    split_group_norm,
+)
+from model.weights import default_cfg
 
 log = logging.getLogger(__name__)
-
-DynamicConvImpl = Literal["grouped", "export"]
-DYNAMIC_CONV_IMPLS: tuple[str, ...] = ("grouped", "export")
-
-IMAGENET_DEFAULT_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_DEFAULT_STD = (0.229, 0.224, 0.225)
-
-
-# --------------------------------------------------------------------------------------------------
-# IDConv's core (kernel-group mix, per-sample depthwise convolution), two exact formulations each
-# --------------------------------------------------------------------------------------------------
-def dynamic_depthwise_conv_grouped(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
-    """The official formulation: fold the batch into channels, one group per (sample, channel).
-
-    `x` (B, C, H, W), `weight` (B, C, K, K), `bias` (B, C); zero padding K//2.
-    """
-    b, c, h, w = x.shape
-    k = weight.shape[-1]
-    out = F.conv2d(
-        x.reshape(1, b * c, h, w),
-        weight.reshape(b * c, 1, k, k),
-        bias=bias.reshape(b * c),
-        padding=k // 2,
-        groups=b * c,
-    )
-    return out.reshape(b, c, h, w)
-
-
-def dynamic_depthwise_conv_export(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
-    """The same convolution with no batch-dependent attribute, so it traces with a dynamic batch.
-
-    Each output row is a sum over the K kernel rows of (input row band) @ (banded Toeplitz matrix
-    built from that kernel row); stacking the K bands turns the whole conv into one batched MatMul
-    per (sample, channel): (H, K*W) @ (K*W, W). Dense GEMMs with computed operands are what ONNX
-    Runtime runs fast, unlike a grouped Conv with computed weights (im2col per group). Only the rows
-    are zero-padded: the column padding is folded into the Toeplitz matrices (their band is cut at
-    the edges), which saves (W+2p)/W of the GEMM and of the bands, 30-46% at stages 3-4.
-
-    The Toeplitz matrices are expanded from the kernel by a MatMul with a constant 0/1 matrix rather
-    than by indexing: ONNX Runtime runs that small GEMM several times faster than the GatherND and
-    the two layout Transposes that `weight[..., index]` exports to, and it is exact (every entry is
-    one kernel tap times 1 plus zeros).
-    """
-    b, c, h, w = x.shape
-    k = weight.shape[-1]
-    p = k // 2
-    xp = F.pad(x, (0, 0, p, p))
-    # (B, C, H, K*W): the K row-shifted bands side by side, gathered in one pass (row h of band i is
-    # padded row h + i); K Slices and a Concat would copy them twice.
-    rows = (torch.arange(h, device=x.device).view(h, 1) + torch.arange(k, device=x.device)).flatten()
-    bands = torch.index_select(xp, 2, rows).reshape(b, c, h, k * w)
-    # expand[j, u, v] = 1 where u - v + p == j, so (weight @ expand)[..., i, u, v] = weight[..., i, u - v + p]
-    # inside the band and 0 outside it (and past the image edges): the Toeplitz matrix of kernel
-    # row i. Shapes are static, so the exporter stores `expand` as a constant.
-    u = torch.arange(w, device=x.device).view(1, w, 1)
-    v = torch.arange(w, device=x.device).view(1, 1, w)
-    j = torch.arange(k, device=x.device).view(k, 1, 1)
-    expand = (u - v + p == j).to(x.dtype).reshape(k, w * w)
-    toeplitz = torch.matmul(weight, expand)  # (B, C, K, W*W)
-    out = torch.matmul(bands, toeplitz.reshape(b, c, k * w, w))
-    return out + bias.reshape(b, c, 1, 1)
-
-
-def mix_groups_softmax(logits: torch.Tensor, values: torch.Tensor) -> torch.Tensor:
-    """The official kernel mix: sum over g of softmax(logits, dim=1)[:, g] * values[g].
-
-    `logits` (B, G, ...), `values` (G, ...) with the same trailing shape.
-    """
-    return (torch.softmax(logits, dim=1) * values.unsqueeze(0)).sum(dim=1)
-
-
-def mix_groups_export(logits: torch.Tensor, values: torch.Tensor) -> torch.Tensor:
-    """The same mix without a Softmax node, for export: the softmax written out, max-subtracted.
-
-    ONNX Runtime runs Softmax on a non-last axis through transposes (0.29 ms per call at T's
-    (1, 2, 224, 7, 7), 18 calls per image). With two groups the export goes further and folds the
-    mix into IDConv's projection (`export.optimize.TwoGroupIDConv`).
-    """
-    e = torch.exp(logits - logits.amax(dim=1, keepdim=True))
-    return (e * values.unsqueeze(0)).sum(dim=1) / e.sum(dim=1)
-
-
-_DYNAMIC_CONV = {
-    "grouped": dynamic_depthwise_conv_grouped,
-    "export": dynamic_depthwise_conv_export,
-}
-_MIX_GROUPS = {
-    "grouped": mix_groups_softmax,
-    "export": mix_groups_export,
-}
 
 
 # --------------------------------------------------------------------------------------------------
@@ -233,10 +155,22 @@ class IDConv(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         b, c, _, _ = x.shape
         k, g = self.kernel_size, self.num_groups
-        mix = _MIX_GROUPS[self.impl]
+        mix = MIX_GROUPS[self.impl]
         weight = mix(self.proj(self.pool(x)).reshape(b, g, c, k, k), self.weight)
         bias = mix(self.proj(torch.mean(x, dim=[-2, -1], keepdim=True)).reshape(b, g, c), self.bias)
-        return _DYNAMIC_CONV[self.impl](x, weight, bias)
+        return DYNAMIC_CONV[self.impl](x, weight, bias)
+
+    @torch.no_grad()
+    def reparameterize(self) -> nn.Module:
+        """The exact export form: with two kernel groups a `TwoGroupIDConv` (the softmax folded into
+        the projection), otherwise this module switched to the batch-independent formulation."""
+        if self.num_groups != 2:
+            self.impl = "export"
+            return self
+        reduce, expand = expect_layers(self.proj, (ConvBN, nn.Conv2d), "IDConv.proj")
+        return TwoGroupIDConv(
+            pool=self.pool, reduce=reduce, expand=expand, weight=self.weight, bias=self.bias
+        )
 
 
 class DMixer(nn.Module):
@@ -267,6 +201,16 @@ class DMixer(nn.Module):
         x1, x2 = torch.chunk(x, chunks=2, dim=1)
         x = torch.cat([self.local_unit(x1), self.global_unit(x2, relative_pos_enc)], dim=1)
         return self.proj(x) + x
+
+    @torch.no_grad()
+    def reparameterize(self) -> DMixer:
+        """In place: the STE's BatchNorms folded into its convs (found by type, so a reordered STE
+        folds correctly or refuses), and IDConv in its export form. OSRA's BatchNorms follow convs,
+        which ONNX Runtime folds itself."""
+        fold_batchnorms(self.proj, "DMixer.proj")
+        if isinstance(self.local_unit, IDConv):
+            self.local_unit = self.local_unit.reparameterize()
+        return self
 
 
 class MultiScaleDWConv(nn.Module):
@@ -304,6 +248,36 @@ class MSFFN(nn.Module):
         x = self.norm(self.act(self.dwconv(x) + x))
         return self.fc2(x)
 
+    @torch.no_grad()
+    def reparameterize(
+        self, input_affine: Affine | None = None, output_affine: Affine | None = None
+    ) -> FoldedMSFFN:
+        """The exact export form, `FoldedMSFFN`: two branches, BatchNorms and residual folded.
+
+        `input_affine` / `output_affine` (float64 per-channel scale, shift) are applied before /
+        after this module by its caller (the block's GroupNorm affine and LayerScale) and fold in too.
+        """
+        fc1, _, hidden_bn = expect_layers(self.fc1, (nn.Conv2d, nn.GELU, nn.BatchNorm2d), "MSFFN.fc1")
+        fc2, fc2_bn = expect_layers(self.fc2, (nn.Conv2d, nn.BatchNorm2d), "MSFFN.fc2")
+        middle = (self.dwconv, self.act, self.norm)
+        if not all(
+            isinstance(m, t) for m, t in zip(middle, (MultiScaleDWConv, nn.GELU, nn.BatchNorm2d), strict=True)
+        ):
+            raise ReparameterizeError(
+                "MSFFN: the exact rewrite expects dwconv, act, norm = MultiScaleDWConv, GELU, BatchNorm2d; "
+                f"found {', '.join(type(m).__name__ for m in middle)}"
+            )
+        return FoldedMSFFN(
+            fc1=fc1,
+            hidden_bn=hidden_bn,
+            dwconvs=list(self.dwconv.proj),
+            norm=self.norm,
+            fc2=fc2,
+            fc2_bn=fc2_bn,
+            input_affine=input_affine,
+            output_affine=output_affine,
+        )
+
 
 class LayerScale(nn.Module):
     """Per-channel scale and shift, stored as the official grouped 1x1 conv weight (C, 1, 1, 1)."""
@@ -315,6 +289,10 @@ class LayerScale(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return F.conv2d(x, weight=self.weight, bias=self.bias, groups=x.shape[1])
+
+    def affine(self) -> Affine:
+        """This layer as a float64 per-channel (scale, shift), for folding into the conv before it."""
+        return self.weight.detach().double().flatten(), self.bias.detach().double()
 
 
 # --------------------------------------------------------------------------------------------------
@@ -347,13 +325,27 @@ class Block(nn.Module):
         x = x + self.layer_scale_1(self.token_mixer(self.norm1(x), relative_pos_enc))
         return x + self.layer_scale_2(self.mlp(self.norm2(x)))
 
+    @torch.no_grad()
+    def reparameterize(self) -> Block:
+        """In place: the token mixer in its export form, and the MS-FFN folded together with the
+        affine of `norm2` before it and `layer_scale_2` after it (those become affine-free /
+        Identity). `layer_scale_1` stays: the STE's residual sits between it and any conv.
+        A second call changes nothing."""
+        self.token_mixer = self.token_mixer.reparameterize()
+        if isinstance(self.mlp, MSFFN):
+            norm, input_affine = split_group_norm(self.norm2)
+            self.mlp = self.mlp.reparameterize(input_affine, self.layer_scale_2.affine())
+            self.norm2, self.layer_scale_2 = norm, nn.Identity()
+        return self
+
 
 # --------------------------------------------------------------------------------------------------
 # Network
 # --------------------------------------------------------------------------------------------------
 @dataclass(frozen=True)
 class TransXNetConfig:
-    """One variant's hyper-parameters (the official `arch_settings`) and evaluation transform."""
+    """One variant's hyper-parameters (the official `arch_settings`); its release weights and their
+    evaluation transform are in `model.weights`."""
 
     layers: tuple[int, int, int, int]
     embed_dims: tuple[int, int, int, int]
@@ -362,7 +354,6 @@ class TransXNetConfig:
     mlp_ratios: tuple[int, int, int, int]
     sr_ratios: tuple[int, int, int, int] = (8, 4, 2, 1)
     kernel_size: int = 7
-    crop_pct: float = 0.9
 
 
 VARIANTS: dict[str, TransXNetConfig] = {
@@ -372,7 +363,6 @@ VARIANTS: dict[str, TransXNetConfig] = {
         num_groups=(2, 2, 2, 2),
         num_heads=(1, 2, 4, 8),
         mlp_ratios=(4, 4, 4, 4),
-        crop_pct=0.9,
     ),
     "transxnet_s": TransXNetConfig(
         layers=(4, 4, 12, 4),
@@ -380,7 +370,6 @@ VARIANTS: dict[str, TransXNetConfig] = {
         num_groups=(2, 2, 3, 4),
         num_heads=(1, 2, 5, 8),
         mlp_ratios=(6, 6, 4, 4),
-        crop_pct=0.9,
     ),
     "transxnet_b": TransXNetConfig(
         layers=(4, 4, 21, 4),
@@ -388,7 +377,6 @@ VARIANTS: dict[str, TransXNetConfig] = {
         num_groups=(2, 2, 4, 4),
         num_heads=(2, 4, 8, 16),
         mlp_ratios=(8, 8, 4, 4),
-        crop_pct=0.95,
     ),
 }
 
@@ -403,12 +391,24 @@ def relative_pos_enc_shapes(config: TransXNetConfig, image_size: int) -> list[tu
     return shapes
 
 
+class TransXNetOutputs(NamedTuple):
+    """Everything one forward pass yields, in the order of the exported graph's outputs."""
+
+    logits: torch.Tensor
+    pooled: torch.Tensor
+    stage1: torch.Tensor
+    stage2: torch.Tensor
+    stage3: torch.Tensor
+    stage4: torch.Tensor
+
+
 class TransXNet(nn.Module):
     """The TransXNet classifier.
 
     `forward_features` returns the four stage outputs (before any norm); `forward_head` applies the
     classifier GroupNorm and global average pool (`pre_logits=True` stops there, the pooled
-    embedding) and then the 1x1 conv classifier.
+    embedding) and then the 1x1 conv classifier; `forward_outputs` returns all of them from one
+    pass (what the export traces). `reparameterize` switches to the exact export form.
     """
 
     def __init__(self, config: TransXNetConfig, image_size: int = 224, num_classes: int = 1000) -> None:
@@ -479,8 +479,31 @@ class TransXNet(nn.Module):
             return x.flatten(1)
         return self.classifier[2](x).flatten(1)
 
+    def forward_outputs(self, x: torch.Tensor) -> TransXNetOutputs:
+        """Logits, pooled embedding and the four stage maps from one pass (the head runs once)."""
+        stages = self.forward_features(x)
+        pooled = self.forward_head(stages[-1], pre_logits=True)
+        logits = self.classifier[2](pooled[:, :, None, None]).flatten(1)
+        return TransXNetOutputs(logits, pooled, *stages)
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.forward_head(self.forward_features(x)[-1])
+
+    @torch.no_grad()
+    def reparameterize(self) -> TransXNet:
+        """Switch every module, in place, to its exact export form; returns `self` in eval mode.
+
+        The one place where IDConv's formulation and the folds meet: each block's token mixer (STE
+        BatchNorms folded, IDConv batch-independent or, with two groups, its softmax folded) and
+        MS-FFN (folded with its GroupNorm affine and LayerScale into two branches). The result
+        computes the same function at any input size, float rounding aside, but only in eval mode
+        and it no longer takes checkpoints: reparameterize a copy
+        (`export.onnx_export.prepare_for_export`). A second call changes nothing.
+        """
+        self.eval()
+        for block in [m for m in self.modules() if isinstance(m, Block)]:
+            block.reparameterize()
+        return self
 
 
 def _init_weights(m: nn.Module) -> None:
@@ -575,8 +598,9 @@ def load_checkpoint(
 # Factories
 # --------------------------------------------------------------------------------------------------
 def resolve_variant(name: str) -> str:
-    """Canonical variant name for 'transxnet_t' | 't' (any case); `ValueError` names the valid ones."""
-    key = name.strip().lower()
+    """Canonical variant name for 'transxnet_t' | 'transxnet-t' | 't' (any case); `ValueError` names
+    the valid ones."""
+    key = name.strip().lower().replace("-", "_")
     if key in VARIANTS:
         return key
     if f"transxnet_{key}" in VARIANTS:
@@ -590,12 +614,17 @@ def create_model(
     *,
     checkpoint: str | Path | None = None,
     image_size: int = 224,
-    num_classes: int = 1000,
+    num_classes: int | None = None,
 ) -> TransXNet:
-    """Build a TransXNet variant in eval mode, optionally loading a checkpoint strictly."""
+    """Build a TransXNet variant in eval mode, optionally loading a checkpoint strictly.
+
+    `num_classes` defaults to the variant's release (`model.weights`): 1000, ImageNet-1k.
+    """
     variant = resolve_variant(name)
     if image_size < 32:
         raise ValueError(f"image_size {image_size} is too small; TransXNet downsamples by 32")
+    if num_classes is None:
+        num_classes = default_cfg(variant).num_classes
     model = TransXNet(VARIANTS[variant], image_size=image_size, num_classes=num_classes)
     if checkpoint is not None:
         load_checkpoint(model, checkpoint)

@@ -11,15 +11,13 @@ from pathlib import Path
 
 import pytest
 
-from export import download
 from export.download import (
-    PRETRAINED_URLS,
     CheckpointDownloadError,
-    canonical_variant,
     pretrained_url,
     resolve_checkpoint,
     url_file_name,
 )
+from model import weights
 
 #: Not a multiple of the download chunk size, so the last partial chunk is exercised too.
 PAYLOAD = bytes(range(256)) * 4099 + b"tail"
@@ -205,16 +203,14 @@ def test_pretrained_without_a_release_lists_the_existing_ones(variant: str, size
 
 
 def test_unknown_variant_is_rejected_with_the_choices() -> None:
-    with pytest.raises(ValueError, match="choose one of t, s, b"):
-        canonical_variant("xl")
+    with pytest.raises(ValueError, match=r"unknown TransXNet variant 'xl'.*transxnet_t.*, t, s, b"):
+        resolve_checkpoint("pretrained", variant="xl", image_size=224)
 
 
-def test_pretrained_downloads_through_the_url_table(
+def test_pretrained_downloads_through_the_weight_table(
     server: LoopbackServer, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    table = {name: dict(sizes) for name, sizes in PRETRAINED_URLS.items()}
-    table["transxnet_b"][384] = f"{server.base_url}/v1.0/transx-b-384.pth.tar"
-    monkeypatch.setattr(download, "PRETRAINED_URLS", table)
+    monkeypatch.setattr(weights, "RELEASE_URL", f"{server.base_url}/v1.0/")
     resolved = resolve_checkpoint("pretrained", variant="b", image_size=384, cache_dir=tmp_path)
     assert resolved is not None and resolved.path.read_bytes() == PAYLOAD
     assert resolved.name == "transx-b-384.pth.tar"  # the official release's name, for provenance

@@ -18,11 +18,11 @@ import onnx
 import onnxruntime as ort
 import pytest
 
-from export import download, pipeline
+from export import pipeline
 from export.__main__ import main as export_main
 from export.onnx_export import build_model, convert_to_fp16
 from export.verify import VerificationError, relative_error, verify_onnx
-from model import VARIANTS, create_model
+from model import VARIANTS, create_model, weights
 from runtime.metadata import INPUT_NAME, OUTPUT_NAMES
 from runtime.session import create_session, read_metadata
 
@@ -117,9 +117,7 @@ def release_server(tmp_path, reference_checkpoint_t) -> Iterator[str]:
 def test_downloaded_checkpoint_records_the_release_name_not_the_cache_file(
     traced_proto, release_server, reference_checkpoint_t, tmp_path, monkeypatch
 ):
-    table = {name: dict(sizes) for name, sizes in download.PRETRAINED_URLS.items()}
-    table["transxnet_t"][224] = release_server
-    monkeypatch.setattr(download, "PRETRAINED_URLS", table)
+    monkeypatch.setattr(weights, "RELEASE_URL", release_server.removesuffix("transx-t.pth.tar"))
     out, cache = tmp_path / "t.onnx", tmp_path / "cache"
     args = ["--variant", "t", "--checkpoint", "pretrained", "--cache-dir", str(cache), "--output", str(out)]
     code = export_main([*args, "--no-verify", "-q"])

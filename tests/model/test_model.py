@@ -7,13 +7,13 @@ import pytest
 import torch
 
 from model import VARIANTS, create_model, resolve_variant
-from model.transxnet import (
+from model.ops import (
     dynamic_depthwise_conv_export,
     dynamic_depthwise_conv_grouped,
     mix_groups_export,
     mix_groups_softmax,
-    relative_pos_enc_shapes,
 )
+from model.transxnet import relative_pos_enc_shapes
 from tests.conftest import REFERENCE
 
 OFFICIAL_PARAMS = {"transxnet_t": 12_834_808, "transxnet_s": 26_864_068, "transxnet_b": 48_009_002}
