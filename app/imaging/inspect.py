@@ -55,8 +55,8 @@ JPEG_MAX_SCANS = 256
 JPEG_MAX_SCAN_PIXELS = 1_600_000_000
 JPEG_MIN_SCAN_LIMIT = 16
 
-#: Markers after the first scan other than restart markers (which real files have by the thousand):
-#: the DHT before each progressive scan, an MPO's second picture. libjpeg walks these in C.
+#: Markers from the first scan to the first picture's end, restart markers aside (real files have
+#: them by the thousand): the DHT and SOS of each progressive scan. libjpeg walks these in C.
 JPEG_MAX_LATER_MARKERS = 2048
 
 #: PNG image-data chunks (IDAT, and APNG's fdAT and fcTL). libpng writes 8 KiB IDATs (2,560 for a
@@ -248,16 +248,28 @@ def _jpeg_segment(data: bytes, marker: int, body: int, end: int, walk: _JpegWalk
 
 
 def _count_later_jpeg_markers(data: bytes, pos: int, scan_limit: int) -> None:
-    """Scans and other markers after the first scan (entropy-coded data never holds 0xFF then a
-    marker byte: libjpeg stuffs a zero after every 0xFF), each loop bounded by its cap."""
-    scans = 1
-    for markers, found in enumerate(_JPEG_LATER_MARKER.finditer(data, pos), start=1):
-        if found.group(1) == b"\xda":
-            scans += 1
-            if scans > scan_limit:
-                raise _too_many("JPEG", "scans for its size", scan_limit)
+    """Scans and other markers from the first scan to the end of the first picture (EOI).
+
+    Entropy-coded data never holds 0xFF followed by a marker byte (encoders stuff a zero after every
+    0xFF; restart markers are left out), so each marker is found at C speed and its segment skipped
+    by its length; the Python loop runs once per marker, bounded by the caps. What follows EOI (an
+    MPO's other pictures, a motion photo's video, an Ultra HDR gain map) is never decoded, so it is
+    not counted: it is arbitrary data.
+    """
+    scans = markers = 0
+    while (found := _JPEG_LATER_MARKER.search(data, pos)) is not None:
+        markers += 1
         if markers > JPEG_MAX_LATER_MARKERS:
             raise _too_many("JPEG", "markers after its first scan", JPEG_MAX_LATER_MARKERS)
+        marker, pos = found.group(1)[0], found.end()
+        if marker == 0xD9:
+            return
+        if marker == 0xDA:
+            scans += 1
+            if scans + 1 > scan_limit:
+                raise _too_many("JPEG", "scans for its size", scan_limit)
+        if marker != 0xD8 and pos + 2 <= len(data):
+            pos += struct.unpack_from(">H", data, pos)[0]  # skip the segment, whatever it holds
 
 
 # --- PNG -----------------------------------------------------------------------------------------

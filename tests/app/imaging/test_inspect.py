@@ -409,3 +409,14 @@ def test_mangled_headers_of_every_kind_raise_only_our_errors() -> None:
                 pass
             except Exception as exc:  # pragma: no cover - the failure message names the file
                 raise AssertionError(f"{name}: {type(exc).__name__}: {exc}") from exc
+
+
+def test_data_after_the_first_jpeg_picture_is_not_counted() -> None:
+    # Motion photos append an MP4 after EOI, Ultra HDR a gain-map JPEG, MPO its other pictures: none
+    # is decoded, and arbitrary bytes there hold "markers" (0xFF then a marker byte) by the thousand.
+    trailer = np.random.default_rng(8).bytes(3_000_000)
+    assert len(caps._JPEG_LATER_MARKER.findall(trailer)) > caps.JPEG_MAX_LATER_MARKERS
+    progressive = hostile.jpeg_many_scans(0, side=64)
+    assert inspect_image(progressive + trailer).width == 64
+    mpo = LEGITIMATE["mpo.mpo"]
+    assert inspect_image(mpo + trailer).width == 120
