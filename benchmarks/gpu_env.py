@@ -38,7 +38,8 @@ def cuda_provider_probe() -> dict[str, object]:
         [helper.make_tensor_value_info("x", TensorProto.FLOAT, [2, 3])],
         [helper.make_tensor_value_info("y", TensorProto.FLOAT, [2, 3])],
     )
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 20)])
+    # IR 10, as the export writes: onnx's helper defaults to the newest IR, which ORT may not read yet.
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 20)], ir_version=10)
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp) / "probe.onnx"
         onnx.save(model, str(path))

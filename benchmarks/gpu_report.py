@@ -312,14 +312,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--results", type=Path, required=True)
     parser.add_argument("--out", type=Path, required=True)
     parser.add_argument("--stem", default="gpu_report")
+    parser.add_argument("--no-json", action="store_true", help="markdown only (the device run's preview)")
     args = parser.parse_args(argv)
     data = json.loads(args.results.read_text())
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / f"{args.stem}.md").write_text(render(data))
     target = args.out / f"{args.stem}.json"
-    if target.resolve() != args.results.resolve():
+    if not args.no_json and target.resolve() != args.results.resolve():
         shutil.copyfile(args.results, target)
-    print(f"wrote {args.out / args.stem}.md and .json")
+    print(f"wrote {args.out / args.stem}.md" + ("" if args.no_json else " and .json"))
     return 0
 
 

@@ -63,7 +63,7 @@ budget() {  # budget STAGE: its nominal seconds, cut so every later stage keeps 
   ((b < 5)) && b=5
   echo "$b"
 }
-render() { "$py" -m benchmarks.gpu_report --results "$results" --out "$out" --stem gpu_report >/dev/null 2>&1 || true; }
+render() { "$py" -m benchmarks.gpu_report --results "$results" --out "$out" --stem gpu_report --no-json >/dev/null 2>&1 || true; }
 run_stage() {  # run_stage NAME SECONDS COMMAND...
   local name=$1 secs=$2
   shift 2

@@ -21,6 +21,9 @@ else
   bash "$stage" .gpu 45  # removes and rewrites .gpu (so the wheels come after it)
 fi
 
+py=python3
+[[ -x .venv/bin/python ]] && py=.venv/bin/python
+"$py" scripts/gpu/check_wheels.py  # a requirement neither carried nor on the GPU machine stops here
 mkdir -p .gpu/whl
 python3 -m pip download -q --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \
   --platform manylinux_2_28_x86_64 --platform manylinux_2_27_x86_64 --platform manylinux_2_17_x86_64 \
