@@ -19,8 +19,8 @@ from fastapi import FastAPI
 
 from app.logging_setup import configure_logging
 from app.main import create_app
+from app.readiness import Readiness
 from app.settings import Settings, SettingsError, check_model_file, load_settings
-from app.state import ServiceState
 
 logger = logging.getLogger("app")
 
@@ -28,16 +28,16 @@ logger = logging.getLogger("app")
 class DrainingServer(uvicorn.Server):
     """uvicorn's server, with the app's draining flag flipped first when a shutdown signal arrives."""
 
-    def __init__(self, config: uvicorn.Config, service: ServiceState, grace_s: float = 0.0) -> None:
+    def __init__(self, config: uvicorn.Config, readiness: Readiness, grace_s: float = 0.0) -> None:
         super().__init__(config)
-        self.service = service
+        self.readiness = readiness
         self.grace_s = grace_s
         self._exit_at: float | None = None
         self._exit_signal: tuple[int, FrameType | None] | None = None
 
     def handle_exit(self, sig: int, frame: FrameType | None) -> None:
-        already_draining = self.service.draining
-        self.service.begin_draining()
+        already_draining = self.readiness.draining
+        self.readiness.begin_draining()
         if self.grace_s <= 0 or already_draining:
             # No grace, or a second signal during it: shut down now (a second SIGINT forces it).
             super().handle_exit(sig, frame)
@@ -71,7 +71,7 @@ def build_server(app: FastAPI, settings: Settings) -> DrainingServer:
         timeout_graceful_shutdown=int(max(1, round(settings.shutdown_timeout_s))),
         lifespan="on",
     )
-    return DrainingServer(config, app.state.service, grace_s=settings.shutdown_grace_s)
+    return DrainingServer(config, app.state.service.readiness, grace_s=settings.shutdown_grace_s)
 
 
 def serve(app: FastAPI, settings: Settings) -> int:

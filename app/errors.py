@@ -1,96 +1,118 @@
-"""The service's errors: each carries its HTTP status, a stable machine-readable `code` and a message
-that tells the caller what to do. They are mapped to a JSON body in one place (`app.main`), so the
-rest of the code raises domain errors and never thinks about HTTP.
+"""The service's one error taxonomy. Each error carries a stable machine-readable `code` and a message
+that tells the caller what to do; nothing here knows a transport. Each transport maps the codes to its
+wire form in one table: HTTP statuses and our JSON body (`app.http.errors`), Triton's statuses and
+`{"error"}` under /v2, gRPC status codes (`app.v2.grpc`).
 """
 
 from __future__ import annotations
 
 
 class ServiceError(Exception):
-    """Base class: `status_code`, `code` and `message` become the JSON error body."""
+    """Base class: `code` and `message` are what the client sees; `retry_after_s` invites a retry."""
 
-    status_code: int = 500
     code: str = "internal_error"
 
-    def __init__(self, message: str, *, headers: dict[str, str] | None = None) -> None:
+    def __init__(self, message: str, *, retry_after_s: float | None = None) -> None:
         super().__init__(message)
         self.message = message
-        self.headers = headers or {}
+        self.retry_after_s = retry_after_s
 
 
 class ImageDecodeError(ServiceError):
     """Bytes that are not a decodable image: empty, truncated, corrupt or random."""
 
-    status_code = 400
     code = "invalid_image"
 
 
 class MalformedRequestError(ServiceError):
-    """A request whose framing is broken or holds no image: bad multipart, no `file`/`files` part."""
+    """A request whose framing is broken or holds no image: bad multipart, no `file`/`files` part,
+    a Content-Length or compressed body that does not add up."""
 
-    status_code = 400
     code = "malformed_request"
 
 
 class UnsupportedMediaTypeError(ServiceError):
-    """A content type (of the body or of a part) that is not an accepted image type or multipart."""
+    """A content type (of the body or of a part) or an image format that we do not decode."""
 
-    status_code = 415
     code = "unsupported_media_type"
 
 
 class PayloadTooLargeError(ServiceError):
     """More bytes or more pixels than the configured limits (checked before a full decode)."""
 
-    status_code = 413
     code = "payload_too_large"
 
 
 class TooManyImagesError(ServiceError):
     """More images in one request than `max_images_per_request`."""
 
-    status_code = 413
     code = "too_many_images"
 
 
 class InvalidParameterError(ServiceError):
-    """A query/form parameter out of range (`top_k`, `outputs`, `format`)."""
+    """A parameter out of range (`top_k`, `outputs`, `format`, a classification count)."""
 
-    status_code = 422
     code = "invalid_parameter"
 
 
-class QueueFullError(ServiceError):
-    """The batcher's bounded queue has no room: retry later (sent with `Retry-After`)."""
+class ProtocolError(ServiceError):
+    """An inference request the Open Inference Protocol cannot accept: bad framing, JSON, names,
+    datatypes or shapes."""
 
-    status_code = 503
+    code = "invalid_argument"
+
+
+class ModelNotFoundError(ServiceError):
+    """An unknown model name or version."""
+
+    code = "not_found"
+
+
+class UnsupportedFeatureError(ServiceError):
+    """A protocol feature this server does not implement, e.g. shared memory."""
+
+    code = "unsupported"
+
+
+class QueueFullError(ServiceError):
+    """The batcher's bounded queue has no room: retry later."""
+
     code = "queue_full"
 
 
-class NotReadyError(ServiceError):
-    """The model is not loaded/warmed up yet, or the service is shutting down."""
+class OverloadedError(ServiceError):
+    """The request bytes held in memory across all requests would pass the budget: retry later."""
 
-    status_code = 503
+    code = "overloaded"
+
+
+class NotReadyError(ServiceError):
+    """The model is not warmed up yet, or the service is shutting down."""
+
     code = "not_ready"
 
 
-class RequestTimeoutError(ServiceError):
-    """The request waited in the queue past `request_timeout_s`; it was not computed."""
+class StartupFailedError(ServiceError):
+    """Warm-up failed: the process is alive but will never serve; a liveness probe should restart it."""
 
-    status_code = 504
+    code = "startup_failed"
+
+
+class RequestTimeoutError(ServiceError):
+    """The request waited past its deadline (`request_timeout_s`, or the client's own); it was not
+    computed."""
+
     code = "timeout"
 
 
 class ClientDisconnectedError(ServiceError):
-    """The client went away before its images ran; they were dropped from the queue, not computed.
-    Nobody reads the response: the status (nginx's 499) exists for logs and metrics."""
+    """The client went away (mid-upload, or before its images ran); its work was dropped. Nobody reads
+    the response: the outcome exists for logs and metrics (nginx's 499)."""
 
-    status_code = 499
     code = "client_closed_request"
 
 
 class InferenceError(ServiceError):
     """ONNX Runtime failed on the batch holding this request (logged once with its traceback)."""
 
-    status_code = 500
     code = "inference_failed"

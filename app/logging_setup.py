@@ -68,6 +68,9 @@ def configure_logging(level: str = "info", fmt: str = "text") -> None:
         root.removeHandler(existing)
     root.addHandler(handler)
     root.setLevel(level.upper())
+    # Python warnings (Pillow's DecompressionBombWarning, its TIFF/EXIF UserWarnings) go through the
+    # handler above instead of raw to stderr, past the JSON format.
+    logging.captureWarnings(True)
     for name in ("uvicorn", "uvicorn.error", "uvicorn.access"):
         logging.getLogger(name).handlers.clear()
         logging.getLogger(name).propagate = True

@@ -1,10 +1,13 @@
-"""Prometheus metrics, one `CollectorRegistry` per app so several apps (tests) never collide."""
+"""Prometheus metrics, one `CollectorRegistry` per service so several (tests) never collide, and
+Triton's model statistics beside them."""
 
 from __future__ import annotations
 
 from collections.abc import Callable
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+
+from app.statistics import InferenceStatistics
 
 LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
 # Decoding one image takes ~1-10 ms for web-sized photos and ~100 ms for a 12-Mpixel one.
@@ -25,14 +28,19 @@ class ServiceMetrics:
 
     def __init__(self, *, max_batch_size: int, registry: CollectorRegistry | None = None) -> None:
         self.registry = registry or CollectorRegistry()
+        #: Triton's per-model statistics (/v2/models/{m}/stats), fed by the same events.
+        self.statistics = InferenceStatistics()
         r = self.registry
         self.requests = Counter(
-            "transxnet_requests", "HTTP requests by route and status.", ["route", "status"], registry=r
+            "transxnet_requests",
+            "Requests by transport (http, grpc), route (or gRPC method) and status (or gRPC code).",
+            ["transport", "route", "status"],
+            registry=r,
         )
         self.request_latency = Histogram(
             "transxnet_request_duration_seconds",
-            "HTTP request latency by route.",
-            ["route"],
+            "Request latency by transport and route (or gRPC method).",
+            ["transport", "route"],
             buckets=LATENCY_BUCKETS,
             registry=r,
         )
@@ -65,17 +73,27 @@ class ServiceMetrics:
         self.ready = Gauge("transxnet_ready", "1 when the service accepts work.", registry=r)
         # What a drain still has to finish (the scrape that reads it counts itself).
         self.in_progress = Gauge(
-            "transxnet_requests_in_progress", "HTTP requests being handled now.", registry=r
+            "transxnet_requests_in_progress", "Requests (HTTP and gRPC) being handled now.", registry=r
         )
+        self.overloaded = Counter(
+            "transxnet_overloaded_requests",
+            "Requests refused because the request bytes in memory would pass max_inflight_bytes.",
+            registry=r,
+        )
+
+    def record_request(self, transport: str, route: str, status: str, seconds: float) -> None:
+        self.requests.labels(transport=transport, route=route, status=status).inc()
+        self.request_latency.labels(transport=transport, route=route).observe(seconds)
 
     def track_queue_depth(self, depth: Callable[[], float]) -> None:
         self.queue_depth.set_function(depth)
 
     # BatchObserver
-    def batch_done(self, size: int, inference_s: float) -> None:
+    def batch_done(self, size: int, input_s: float, infer_s: float, output_s: float) -> None:
         self.batch_size.observe(size)
-        self.inference_seconds.observe(inference_s)
+        self.inference_seconds.observe(infer_s)
         self.images.inc(size)
+        self.statistics.batch_done(size, input_s, infer_s, output_s)
 
     def queue_wait(self, seconds: float) -> None:
         self.queue_wait_seconds.observe(seconds)

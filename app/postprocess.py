@@ -10,7 +10,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from app.batcher import ImageResult
+from app.batching import ImageResult
 from runtime.metadata import ModelMetadata
 
 

@@ -12,7 +12,7 @@ from typing import Literal
 from pydantic import Field, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from app.batcher import BatchWait
+from app.batching import BatchWait
 from runtime.session import ProviderPreference
 
 ENV_PREFIX = "TRANSXNET_"
@@ -77,6 +77,13 @@ class Settings(BaseSettings):
     max_image_bytes: int = Field(20 * MIB, ge=1, description="Encoded bytes per image (413 above).")
     max_image_pixels: int = Field(40_000_000, ge=1, description="Decoded pixels per image (413 above).")
     max_images_per_request: int = Field(32, ge=1, description="Images per request (413 above).")
+    max_inflight_bytes: int = Field(
+        256 * MIB,
+        ge=MIB,
+        description="Request bytes held in memory at once across all requests (bodies being read, "
+        "decoded images waiting for their batch): 503 + Retry-After beyond it, and no single request "
+        "may be larger.",
+    )
     jpeg_reducing_gap: float = Field(
         0.0,
         ge=0,
@@ -90,11 +97,6 @@ class Settings(BaseSettings):
         ge=0,
         le=64,
         description="Decode/preprocess threads; 0 = half the CPU cores, at least 2, at most 4.",
-    )
-    split_resize: bool = Field(
-        True,
-        description="Resize a large image (>= 0.2 Mpixel) in two row bands when another decode thread "
-        "is idle: bit-identical, 1.3x faster at 1 Mpixel, 1.7x at 12; under load nothing is split.",
     )
 
     # Server
@@ -133,6 +135,12 @@ class Settings(BaseSettings):
                 f"max_images_per_request ({self.max_images_per_request}) exceeds max_queue_size "
                 f"({self.max_queue_size}): raise {ENV_PREFIX}MAX_QUEUE_SIZE or lower "
                 f"{ENV_PREFIX}MAX_IMAGES_PER_REQUEST"
+            )
+        if self.max_image_bytes > self.max_inflight_bytes:
+            raise ValueError(
+                f"max_image_bytes ({self.max_image_bytes}) exceeds max_inflight_bytes "
+                f"({self.max_inflight_bytes}): no image of the allowed size could ever be admitted; "
+                f"raise {ENV_PREFIX}MAX_INFLIGHT_BYTES or lower {ENV_PREFIX}MAX_IMAGE_BYTES"
             )
         return self
 
@@ -176,11 +184,6 @@ class Settings(BaseSettings):
         other's threads, which the two-instance setting exists to avoid."""
         threads = self.resolved_intra_op_threads
         return self.model_instances > 1 and threads * self.model_instances > usable_cores()
-
-    @property
-    def max_request_bytes(self) -> int:
-        """Largest acceptable request body: every image at its limit plus multipart overhead."""
-        return self.max_images_per_request * (self.max_image_bytes + 4096) + 64 * 1024
 
 
 def load_settings(**overrides: object) -> Settings:

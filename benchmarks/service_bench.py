@@ -36,17 +36,13 @@ import contextlib
 import json
 import os
 import platform
-import signal
-import socket
 import subprocess
 import sys
-import tempfile
 import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-import httpx
 import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -62,6 +58,7 @@ from benchmarks.loadgen import (  # noqa: E402
     run_load,
     scrape_histograms,
 )
+from tests.support.processes import service_process  # noqa: E402
 
 RESULTS = ROOT / "benchmarks" / "results"
 DEFAULT_MODEL = ROOT / "models" / "transxnet_t.onnx"
@@ -78,12 +75,6 @@ WARMUP_REQUESTS = 24  # per server before measuring (8 with --quick)
 # --------------------------------------------------------------------------- servers
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 @dataclass(frozen=True)
 class ServerSpec:
     """How to start one server under test and how to know it is ready."""
@@ -91,6 +82,9 @@ class ServerSpec:
     name: str
     kind: str  # "service" or "litserve"
     env: tuple[tuple[str, str], ...] = ()
+    #: The module that runs the service: the real one, or the instrumented one for A/B variants.
+    module: str = "app"
+    args: tuple[str, ...] = ()
 
     def command(self, model: Path, port: int) -> list[str]:
         if self.kind == "litserve":
@@ -103,21 +97,12 @@ class ServerSpec:
                 "--port",
                 str(port),
             ]
-        return [sys.executable, "-m", "app"]
+        return [sys.executable, "-m", self.module, *self.args]
 
-    def environment(self, model: Path, port: int) -> dict[str, str]:
-        env = {k: v for k, v in os.environ.items() if not k.startswith("TRANSXNET_")}
-        env.update(
-            PYTHONPATH=str(ROOT),
-            TRANSXNET_MODEL_PATH=str(model),
-            TRANSXNET_PROVIDERS="cpu",
-            TRANSXNET_HOST="127.0.0.1",
-            TRANSXNET_PORT=str(port),
-            TRANSXNET_LOG_LEVEL="warning",
-            LITSERVE_DISABLE_TELEMETRY="1",
-        )
-        env.update(dict(self.env))
-        return env
+    @property
+    def environment(self) -> dict[str, str]:
+        # The service's own defaults (every core), not the tests' one intra-op thread.
+        return {"TRANSXNET_INTRA_OP_THREADS": "0", "LITSERVE_DISABLE_TELEMETRY": "1", **dict(self.env)}
 
     @property
     def ready_path(self) -> str:
@@ -133,7 +118,9 @@ SERVER_SPECS: dict[str, ServerSpec] = {
         "service-jpeg-draft", "service", (("TRANSXNET_JPEG_REDUCING_GAP", "2.0"),)
     ),
     # Every resize in one thread (the default before 2026-11-25 splits large ones over two).
-    "service-nosplit": ServerSpec("service-nosplit", "service", (("TRANSXNET_SPLIT_RESIZE", "false"),)),
+    "service-nosplit": ServerSpec(
+        "service-nosplit", "service", module="tests.support.serve", args=("--no-split-resize",)
+    ),
     # Two batches at once, one intra-op thread each (Triton's instance count of 2).
     "service-2x1": ServerSpec("service-2x1", "service", (("TRANSXNET_MODEL_INSTANCES", "2"),)),
     "litserve": ServerSpec("litserve", "litserve"),
@@ -143,44 +130,15 @@ SERVER_SPECS: dict[str, ServerSpec] = {
 @contextlib.contextmanager
 def running_server(spec: ServerSpec, model: Path, timeout_s: float = 300) -> Iterator[tuple[str, int]]:
     """Start the server, wait until it answers ready, yield (base URL, pid); stop it with SIGTERM."""
-    port = free_port()
-    base = f"http://127.0.0.1:{port}"
-    log = tempfile.NamedTemporaryFile(  # noqa: SIM115 - the server writes to it until the finally below
-        "w+", prefix=f"bench-{spec.name}-", suffix=".log", delete=False
-    )
-    process = subprocess.Popen(
-        spec.command(model, port),
-        cwd=ROOT,
-        env=spec.environment(model, port),
-        stdout=log,
-        stderr=subprocess.STDOUT,
-        start_new_session=True,  # LitServe's children go down with the group
-    )
-    try:
-        end = time.monotonic() + timeout_s
-        while True:
-            if process.poll() is not None:
-                log.seek(0)
-                raise RuntimeError(f"{spec.name} exited with {process.returncode}:\n{log.read()[-3000:]}")
-            with contextlib.suppress(httpx.TransportError):
-                if httpx.get(base + spec.ready_path, timeout=2).status_code == 200:
-                    break
-            if time.monotonic() > end:
-                raise RuntimeError(f"{spec.name} not ready after {timeout_s:.0f} s (log: {log.name})")
-            time.sleep(0.2)
-        yield base, process.pid
-    finally:
-        if process.poll() is None:
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(process.pid, signal.SIGTERM)
-            try:
-                process.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                with contextlib.suppress(ProcessLookupError):
-                    os.killpg(process.pid, signal.SIGKILL)
-                process.wait(timeout=10)
-        log.close()
-        os.unlink(log.name)
+    with service_process(
+        model,
+        command=lambda port: spec.command(model, port),
+        ready_path=spec.ready_path,
+        ready_timeout_s=timeout_s,
+        graceful_stop=True,
+        env=spec.environment,
+    ) as server:
+        yield server.base, server.pid
 
 
 # --------------------------------------------------------------------------- measurements
@@ -217,8 +175,8 @@ def measure_preprocessing(
     """Per-image milliseconds of each CPU step outside the model, single-threaded, on the corpus."""
     import onnxruntime as ort
 
-    from app.postprocess import classify_payload, dumps
     from app.imaging import ImagePreprocessor
+    from app.postprocess import classify_payload, dumps
     from runtime.session import read_metadata
 
     options = ort.SessionOptions()

@@ -2,13 +2,12 @@
 
 Two shapes are accepted: `multipart/form-data` with `file` / `files` parts (any number up to
 `max_images_per_request`), or a raw body with an image content type. Sizes are enforced while
-reading: a declared `Content-Length` over the limit is refused before a byte is read, and a chunked
-body is cut off as soon as it passes the limit, so a hostile client cannot make us buffer gigabytes.
+reading (`app.http.body`): a declared `Content-Length` over the limit is refused before a byte is
+read, and a chunked body is cut off as soon as it passes the limit, so a hostile client cannot make
+us buffer gigabytes. The content-type policy for images is HTTP's, so it lives here.
 """
 
 from __future__ import annotations
-
-from collections.abc import AsyncIterator
 
 from fastapi import Request
 from starlette.datastructures import UploadFile
@@ -17,12 +16,12 @@ from starlette.formparsers import MultiPartException, MultiPartParser
 from app.errors import (
     ImageDecodeError,
     MalformedRequestError,
-    PayloadTooLargeError,
     TooManyImagesError,
     UnsupportedMediaTypeError,
 )
+from app.http.body import read_body, stream_body
 from app.imaging import ACCEPTED_FORMATS_TEXT
-from app.settings import Settings
+from app.pipeline import Job, Limits
 
 #: Content types accepted for an image body or part (parameters such as `; charset=` are ignored).
 #: The bytes are sniffed regardless, so a client that only knows `application/octet-stream` is fine.
@@ -61,64 +60,37 @@ def check_content_type(content_type: str | None) -> None:
     )
 
 
-def _declared_length(request: Request) -> int | None:
-    value = request.headers.get("content-length")
-    if value is None:
-        return None
-    try:
-        return int(value)
-    except ValueError:
-        raise MalformedRequestError(f"Content-Length {value!r} is not a number") from None
-
-
-async def _capped(stream: AsyncIterator[bytes], limit: int, what: str) -> AsyncIterator[bytes]:
-    total = 0
-    async for chunk in stream:
-        total += len(chunk)
-        if total > limit:
-            raise PayloadTooLargeError(f"{what} is larger than {limit} bytes")
-        yield chunk
-
-
-async def read_images(request: Request, settings: Settings) -> list[bytes]:
+async def read_images(request: Request, job: Job) -> list[bytes]:
     """The request's encoded images, in order; raises the 4xx `ServiceError` that fits."""
     content_type = request.headers.get("content-type") or ""
     if content_type.split(";", 1)[0].strip().lower() == "multipart/form-data":
-        return await _read_multipart(request, settings)
-    return [await _read_raw(request, content_type, settings)]
+        return await _read_multipart(request, job)
+    return [await _read_raw(request, content_type, job)]
 
 
-async def _read_raw(request: Request, content_type: str, settings: Settings) -> bytes:
+async def _read_raw(request: Request, content_type: str, job: Job) -> bytes:
     check_content_type(content_type or None)
-    limit = settings.max_image_bytes
-    declared = _declared_length(request)
-    if declared is not None and declared > limit:
-        raise PayloadTooLargeError(
-            f"the image is {declared} bytes; the limit is {limit} (TRANSXNET_MAX_IMAGE_BYTES)"
-        )
-    body = bytearray()
-    async for chunk in _capped(request.stream(), limit, "the image"):
-        body.extend(chunk)
+    body = await read_body(
+        request, job, job.limits.max_image_bytes, what="the image", hint=" (TRANSXNET_MAX_IMAGE_BYTES)"
+    )
     if not body:
         raise ImageDecodeError(
             "the request body is empty: send an image as the body (Content-Type image/jpeg, ...) or "
             "as multipart 'file' parts"
         )
-    return bytes(body)
+    return body
 
 
-async def _read_multipart(request: Request, settings: Settings) -> list[bytes]:
-    limit = settings.max_request_bytes
-    declared = _declared_length(request)
-    if declared is not None and declared > limit:
-        raise PayloadTooLargeError(
-            f"the request is {declared} bytes; at most {settings.max_images_per_request} images of "
-            f"{settings.max_image_bytes} bytes each are accepted ({limit} bytes with multipart framing)"
-        )
+async def _read_multipart(request: Request, job: Job) -> list[bytes]:
+    limits = job.limits
+    hint = (
+        f" (at most {limits.max_images_per_request} images of {limits.max_image_bytes} bytes with their "
+        "multipart framing, within the memory budget)"
+    )
     parser = MultiPartParser(
         request.headers,
-        _capped(request.stream(), limit, "the request"),
-        max_files=settings.max_images_per_request,
+        stream_body(request, job, limits.max_request_bytes, what="the request", hint=hint),
+        max_files=limits.max_images_per_request,
         max_fields=MAX_FORM_FIELDS,
     )
     try:
@@ -126,17 +98,17 @@ async def _read_multipart(request: Request, settings: Settings) -> list[bytes]:
     except MultiPartException as exc:
         if exc.message.startswith("Too many files"):
             raise TooManyImagesError(
-                f"more than {settings.max_images_per_request} images in one request "
+                f"more than {limits.max_images_per_request} images in one request "
                 "(TRANSXNET_MAX_IMAGES_PER_REQUEST): split it"
             ) from None
         raise MalformedRequestError(f"the multipart body could not be parsed: {exc.message}") from None
     try:
-        return await _collect_parts(form.multi_items(), settings)
+        return await _collect_parts(form.multi_items(), limits)
     finally:
         await form.close()
 
 
-async def _collect_parts(items: list[tuple[str, UploadFile | str]], settings: Settings) -> list[bytes]:
+async def _collect_parts(items: list[tuple[str, UploadFile | str]], limits: Limits) -> list[bytes]:
     images: list[bytes] = []
     for name, value in items:
         if name not in IMAGE_FIELDS:
@@ -150,11 +122,8 @@ async def _collect_parts(items: list[tuple[str, UploadFile | str]], settings: Se
                 "(curl -F 'file=@photo.jpg')"
             )
         check_content_type(value.content_type)
-        if value.size is not None and value.size > settings.max_image_bytes:
-            raise PayloadTooLargeError(
-                f"image {value.filename!r} is {value.size} bytes; the limit is {settings.max_image_bytes} "
-                "(TRANSXNET_MAX_IMAGE_BYTES)"
-            )
+        if value.size is not None:
+            limits.check_image_bytes(value.size, f"image {value.filename!r}")
         data = await value.read()
         if not data:
             raise ImageDecodeError(f"image {value.filename!r} is empty")

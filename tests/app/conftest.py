@@ -13,12 +13,12 @@ import numpy as np
 import onnxruntime as ort
 import pytest
 
-from app.main import RunnerOverride, create_app
 from app.imaging import ImagePreprocessor
+from app.main import RunnerOverride, create_app
 from app.settings import Settings
 from runtime.metadata import INPUT_NAME
-from tests.app.fake_model import build_fake_model, fake_metadata
-from tests.numerics import softmax
+from tests.support.fake_model import build_fake_model, fake_metadata
+from tests.support.numerics import softmax
 
 #: Small limits so the limit tests need small payloads.
 TEST_LIMITS = {

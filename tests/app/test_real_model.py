@@ -16,8 +16,8 @@ from app.imaging import ImagePreprocessor
 from runtime.metadata import INPUT_NAME
 from runtime.session import read_metadata
 from tests.support.images import encoded_image
-from tests.numerics import softmax
-from tests.processes import free_port, running_process, service_env, status_of, wait_for
+from tests.support.numerics import softmax
+from tests.support.processes import free_port, running_process, service_env, status_of, wait_for
 
 PNG = {"content-type": "image/png"}
 

@@ -12,10 +12,11 @@ import anyio
 import pytest
 
 from app.logging_setup import RequestIdFilter
+from app.service import build_service
 from tests.app.conftest import assert_matches_reference, make_settings, running_app, wait_ready, wait_until
-from tests.app.fake_model import STAGE_CHANNELS, fake_metadata
+from tests.support.fake_model import STAGE_CHANNELS, fake_metadata
 from tests.support.images import encoded_image
-from tests.app.runners import FailingRunner, GatedRunner, NanRunner
+from tests.support.runners import FailingRunner, GatedRunner, NanRunner
 
 pytestmark = pytest.mark.anyio
 
@@ -191,7 +192,7 @@ async def test_readiness_is_503_until_warm_up_completes_then_200(fake_model_path
 
 async def test_draining_turns_readiness_503_and_refuses_new_work(fake_model_path) -> None:
     async with running_app(make_settings(fake_model_path)) as client:
-        client.app.state.service.begin_draining()
+        client.app.state.service.readiness.begin_draining()
         assert (await client.get("/readyz")).status_code == 503
         refused = await client.post("/classify", content=encoded_image(1), headers=PNG)
         assert refused.status_code == 503
@@ -283,24 +284,26 @@ async def test_models_endpoint_says_when_preprocessing_is_not_pixel_exact(fake_m
 
 
 @pytest.mark.parametrize(
-    ("overrides", "shared"),
-    [({}, True), ({"split_resize": False}, False), ({"preprocess_workers": 1}, False)],
+    ("overrides", "split_resize", "shared"),
+    [({}, True, True), ({}, False, False), ({"preprocess_workers": 1}, True, False)],
 )
-async def test_large_resizes_borrow_a_second_decode_thread_unless_off_or_alone(
-    fake_model_path, overrides: dict, shared: bool
+def test_large_resizes_borrow_a_second_decode_thread_unless_off_or_alone(
+    fake_model_path, overrides: dict, split_resize: bool, shared: bool
 ) -> None:
-    async with running_app(make_settings(fake_model_path, **overrides)) as client:
-        service = client.app.state.service
+    service = build_service(make_settings(fake_model_path, **overrides), split_resize=split_resize)
+    try:
         assert (service.preprocessor.offload == service.pool.submit_if_idle) is shared
         assert (service.preprocessor.offload is None) is not shared
+    finally:
+        service.pool.shutdown()
 
 
 async def test_metrics_count_requests_by_route_and_status(client) -> None:
     await client.post("/classify", content=encoded_image(1), headers=PNG)
     await client.post("/classify", content=b"junk", headers=PNG)
     text = (await client.get("/metrics")).text
-    assert 'transxnet_requests_total{route="/classify",status="200"}' in text
-    assert 'transxnet_requests_total{route="/classify",status="400"}' in text
+    assert 'transxnet_requests_total{route="/classify",status="200",transport="http"}' in text
+    assert 'transxnet_requests_total{route="/classify",status="400",transport="http"}' in text
     for name in (
         "transxnet_request_duration_seconds_bucket",
         "transxnet_queue_wait_seconds_count",

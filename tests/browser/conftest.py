@@ -18,8 +18,8 @@ from pathlib import Path
 import pytest
 from playwright.sync_api import Browser, BrowserContext, Page, sync_playwright
 
-from tests.app.fake_model import build_fake_model
-from tests.processes import ROOT, free_port, running_process, service_env, status_of, wait_for
+from tests.support.fake_model import build_fake_model
+from tests.support.processes import ROOT, free_port, running_process, service_env, status_of, wait_for
 
 CHROMIUM = Path("/usr/bin/chromium")
 #: Headless and quiet: no GPU, no sync, no component updates, no background requests of its own,

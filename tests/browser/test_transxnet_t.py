@@ -30,7 +30,7 @@ from tests.browser.demo_checks import (
     assert_stayed_on_the_service,
     card_for,
 )
-from tests.processes import ROOT
+from tests.support.processes import ROOT
 
 pytestmark = pytest.mark.slow
 

@@ -11,7 +11,8 @@ from typing import Any
 
 import pytest
 
-from app.main import REQUEST_ID_HEADER
+from app.http.middleware import REQUEST_ID_HEADER
+from app.pipeline import Limits
 from app.settings import ENV_PREFIX, Settings
 from tests.docker.conftest import COMPOSE_FILE, ROOT
 from tests.docker.dockerfile import Stage
@@ -168,7 +169,8 @@ def test_nginx_re_resolves_replicas_through_docker_dns(compose: dict[str, Any], 
 def test_nginx_body_limit_admits_the_services_largest_request_and_little_more(
     compose: dict[str, Any], nginx_conf: str
 ) -> None:
-    service_limit = _settings_for(compose["services"]["transxnet-replica"]).max_request_bytes
+    settings = _settings_for(compose["services"]["transxnet-replica"])
+    service_limit = Limits.from_settings(settings, image_size=224).max_request_bytes  # compose's T
     nginx_limit = _nginx_size(_directive(nginx_conf, "client_max_body_size"))
     assert service_limit <= nginx_limit <= service_limit + 2 * 1024**2
 

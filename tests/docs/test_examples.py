@@ -21,7 +21,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from tests.reliability.conftest import ServiceProcess, service_process
+from tests.support.processes import ServiceProcess, service_process
 
 ROOT = Path(__file__).resolve().parents[2]
 DOCUMENTS = ("README.md", "docs/service.md", "docs/v2.md", "docs/deploy.md")

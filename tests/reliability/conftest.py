@@ -1,19 +1,10 @@
-"""Shared pieces of the reliability suite: a real service process (plain `python -m app` or the fault
-server with slow/failing runners), distinct deterministic test photos, and the offline reference
+"""Shared pieces of the reliability suite: distinct deterministic test photos and the offline reference
 (ONNX Runtime directly on `ImagePreprocessor(metadata)(bytes)` at batch 1) every answer is held to.
 """
 
 from __future__ import annotations
 
-import contextlib
 import io
-import os
-import signal
-import subprocess
-import sys
-import tempfile
-from collections.abc import Callable, Iterator
-from dataclasses import dataclass
 from pathlib import Path
 
 import httpx
@@ -25,9 +16,9 @@ from PIL import Image
 from app.imaging import ImagePreprocessor
 from runtime.metadata import INPUT_NAME
 from runtime.session import read_metadata
-from tests.app.fake_model import build_fake_model
-from tests.numerics import softmax
-from tests.processes import ROOT, free_port, service_env, wait_for
+from tests.support.fake_model import build_fake_model
+from tests.support.numerics import softmax
+from tests.support.processes import ROOT
 
 PHOTOS = ROOT / "tests" / "fixtures" / "preprocess" / "photos"
 JPEG = {"content-type": "image/jpeg"}
@@ -38,88 +29,6 @@ PNG = {"content-type": "image/png"}
 def reliability_fake_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """The tiny stand-in model: for tests where the runner's behaviour, not the network, matters."""
     return build_fake_model(tmp_path_factory.mktemp("reliability-model") / "transxnet_fake.onnx")
-
-
-# --------------------------------------------------------------------------- the service process
-
-
-@dataclass
-class ServiceProcess:
-    """A running service: its base URL, its process, and its log (read after it stopped)."""
-
-    base: str
-    process: subprocess.Popen
-    log_path: Path
-
-    @property
-    def pid(self) -> int:
-        return self.process.pid
-
-    def url(self, path: str) -> str:
-        return self.base + path
-
-    def log(self) -> str:
-        return self.log_path.read_text(errors="replace")
-
-    def metric(self, name: str) -> float:
-        """One unlabelled sample from /metrics (e.g. `transxnet_queue_depth`)."""
-        for line in httpx.get(self.url("/metrics"), timeout=10).text.splitlines():
-            if line.startswith(name + " "):
-                return float(line.split()[1])
-        raise AssertionError(f"{name} not in /metrics")
-
-    def labelled_metric(self, name: str, **labels: str) -> float:
-        """The sum of `name` samples whose labels include `labels` (0 if none)."""
-        total = 0.0
-        for line in httpx.get(self.url("/metrics"), timeout=10).text.splitlines():
-            if not line.startswith(name + "{"):
-                continue
-            head, value = line.rsplit(" ", 1)
-            if all(f'{key}="{val}"' in head for key, val in labels.items()):
-                total += float(value)
-        return total
-
-    def wait_until(self, predicate: Callable[[], bool], timeout_s: float, what: str) -> None:
-        wait_for(predicate, timeout_s, what=what, process=self.process, log=self.log)
-
-    def stop(self, timeout_s: float = 60) -> int:
-        """SIGTERM and wait: the exit code (a clean drain is 0)."""
-        if self.process.poll() is None:
-            self.process.send_signal(signal.SIGTERM)
-        return self.process.wait(timeout=timeout_s)
-
-
-def _ready(service: ServiceProcess) -> bool:
-    with contextlib.suppress(httpx.TransportError):
-        return httpx.get(service.url("/readyz"), timeout=2).status_code == 200
-    return False
-
-
-@contextlib.contextmanager
-def service_process(
-    model_path: Path, *, helper_args: list[str] | None = None, ready_timeout_s: float = 300, **settings: str
-) -> Iterator[ServiceProcess]:
-    """Start `python -m app` (or the fault server when `helper_args` is given) on a free port with
-    TRANSXNET_* `settings` (keys without the prefix), wait for /readyz 200, kill it at the end."""
-    port = free_port()
-    extra = {f"TRANSXNET_{key.upper()}": str(value) for key, value in settings.items()}
-    env = service_env(model_path, TRANSXNET_PORT=str(port), TRANSXNET_LOG_LEVEL="warning", **extra)
-    args = [sys.executable, "-m", "app"]
-    if helper_args is not None:
-        args = [sys.executable, "-m", "tests.reliability.fault_server", *helper_args]
-    handle, log_name = tempfile.mkstemp(prefix="reliability-service-", suffix=".log")
-    with os.fdopen(handle, "w") as log:
-        process = subprocess.Popen(args, cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT)
-    service = ServiceProcess(f"http://127.0.0.1:{port}", process, Path(log_name))
-    try:
-        service.wait_until(lambda: _ready(service), ready_timeout_s, "/readyz 200")
-        yield service
-    finally:
-        if process.poll() is None:
-            process.kill()
-            process.wait(timeout=10)
-        with contextlib.suppress(OSError):
-            os.unlink(log_name)
 
 
 # --------------------------------------------------------------------------- distinct test photos

@@ -21,11 +21,10 @@ import pytest
 from tests.reliability.conftest import (
     JPEG,
     OfflineReference,
-    ServiceProcess,
     assert_error,
     distinct_images,
-    service_process,
 )
+from tests.support.processes import ServiceProcess, service_process
 
 pytestmark = pytest.mark.slow
 

@@ -20,7 +20,7 @@ from hypothesis.errors import Unsatisfiable
 from schemathesis import GenerationMode
 from schemathesis.checks import not_a_server_error
 
-from tests.reliability.conftest import service_process
+from tests.support.processes import service_process
 
 pytestmark = pytest.mark.slow
 

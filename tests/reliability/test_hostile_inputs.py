@@ -23,11 +23,10 @@ from PIL import Image
 from tests.reliability.conftest import (
     JPEG,
     OfflineReference,
-    ServiceProcess,
     assert_error,
     distinct_images,
-    service_process,
 )
+from tests.support.processes import ServiceProcess, service_process
 
 pytestmark = pytest.mark.slow
 

@@ -15,7 +15,8 @@ from concurrent.futures import ThreadPoolExecutor
 import httpx
 import pytest
 
-from tests.reliability.conftest import JPEG, OfflineReference, assert_error, distinct_images, service_process
+from tests.reliability.conftest import JPEG, OfflineReference, assert_error, distinct_images
+from tests.support.processes import service_process
 
 pytestmark = pytest.mark.slow
 

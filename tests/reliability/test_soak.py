@@ -15,7 +15,8 @@ import os
 import httpx
 import pytest
 
-from tests.reliability.conftest import OfflineReference, distinct_images, service_process
+from tests.reliability.conftest import OfflineReference, distinct_images
+from tests.support.processes import service_process
 
 pytestmark = pytest.mark.slow
 

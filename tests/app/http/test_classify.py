@@ -11,7 +11,7 @@ import pytest
 
 from app.imaging import ImagePreprocessor
 from tests.app.conftest import TEST_LIMITS, assert_matches_reference, make_settings, running_app
-from tests.app.fake_model import fake_metadata
+from tests.support.fake_model import fake_metadata
 from tests.support.images import encoded_image
 
 pytestmark = pytest.mark.anyio

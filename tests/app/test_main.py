@@ -13,7 +13,7 @@ import httpx
 import pytest
 
 from tests.support.images import encoded_image
-from tests.processes import ROOT, free_port, running_process, service_env, status_of, wait_for
+from tests.support.processes import ROOT, free_port, running_process, service_env, status_of, wait_for
 
 PNG = {"content-type": "image/png"}
 
@@ -29,7 +29,7 @@ def test_sigterm_drains_in_flight_requests_and_exits_zero(fake_model_path) -> No
         TRANSXNET_MAX_BATCH_DELAY_MS="0",
         TRANSXNET_SHUTDOWN_GRACE_S="1.5",
     )
-    args = [sys.executable, "-m", "tests.app.serve_helper", "--slow-s", "0.7"]
+    args = [sys.executable, "-m", "tests.support.serve", "--slow-s", "0.7"]
     with running_process(args, env) as process, ThreadPoolExecutor(4) as pool:
         wait_for(lambda: status_of(f"{base}/readyz") == 200 or process.poll() is not None)
         assert process.poll() is None

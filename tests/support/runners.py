@@ -11,7 +11,7 @@ from contextlib import contextmanager
 
 import numpy as np
 
-from app.batcher import ModelRunner
+from app.batching import ModelRunner
 
 
 class InFlight:

@@ -15,23 +15,23 @@ import numpy as np
 import onnxruntime as ort
 import pytest
 
+from app.http.errors import triton_status as protocol_status
 from app.imaging import ImagePreprocessor
-from app.v2_protocol import (
+from app.v2.protocol import (
     ResponseOutput,
     classification_strings,
     decode_bytes,
     decode_numeric,
     encode_infer_response,
     parse_infer_request,
-    protocol_status,
 )
 from runtime.metadata import INPUT_NAME, OUTPUT_NAMES
 from runtime.session import read_metadata
 from tests.app.conftest import TEST_LIMITS, Reference, make_settings, running_app, wait_ready
-from tests.app.fake_model import IMAGE_SIZE, NUM_CLASSES, fake_metadata
+from tests.support.fake_model import IMAGE_SIZE, NUM_CLASSES, fake_metadata
 from tests.support.images import encoded_image
-from tests.app.runners import GatedRunner
-from tests.processes import free_port, running_process, service_env, status_of, wait_for
+from tests.support.processes import free_port, running_process, service_env, status_of, wait_for
+from tests.support.runners import GatedRunner
 
 httpclient = pytest.importorskip("tritonclient.http")
 InferenceServerException = pytest.importorskip("tritonclient.utils").InferenceServerException
@@ -429,7 +429,7 @@ async def test_readiness_endpoints_follow_warm_up(fake_model_path) -> None:
         await wait_ready(client)
         assert (await client.get("/v2/health/ready")).status_code == 200
         assert (await client.get(f"/v2/models/{MODEL}/versions/1/ready")).status_code == 200
-        client.app.state.service.begin_draining()  # type: ignore[attr-defined]
+        client.app.state.service.readiness.begin_draining()  # type: ignore[attr-defined]
         assert (await client.get("/v2/health/ready")).status_code == 503
 
 

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from tests.app.conftest import make_settings, running_app
-from tests.app.fake_model import STAGE_CHANNELS
+from tests.support.fake_model import STAGE_CHANNELS
 from tests.support.images import encoded_image
 
 pytestmark = pytest.mark.anyio

@@ -115,6 +115,7 @@ class Limits(BaseModel):
     max_images_per_request: int
     max_image_bytes: int
     max_image_pixels: int
+    max_inflight_bytes: int
     request_timeout_s: float
 
 
@@ -151,6 +152,7 @@ class ModelInfo(BaseModel):
                         "max_images_per_request": 32,
                         "max_image_bytes": 20971520,
                         "max_image_pixels": 40000000,
+                        "max_inflight_bytes": 268435456,
                         "request_timeout_s": 30.0,
                     },
                 }

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from app.schemas import ErrorResponse
+from app.http.schemas import ErrorResponse
 
 _BINARY = {"type": "string", "format": "binary"}
 

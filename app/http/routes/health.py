@@ -4,29 +4,20 @@ from __future__ import annotations
 
 from fastapi import APIRouter
 
-from app.errors import NotReadyError, ServiceError
-from app.routes.docs import INFERENCE_ERRORS
-from app.schemas import HealthResponse, Limits, ModelInfo, ReadyResponse
-from app.state import Service
+from app.http.deps import ServiceDep
+from app.http.openapi import INFERENCE_ERRORS
+from app.http.schemas import HealthResponse, Limits, ModelInfo, ReadyResponse
 from runtime.metadata import INPUT_NAME
 
 router = APIRouter(tags=["health"])
 
 
-class StartupFailedError(ServiceError):
-    """Warm-up failed: the process is alive but will never serve; a liveness probe should restart it."""
-
-    status_code = 500
-    code = "startup_failed"
-
-
 @router.get(
     "/healthz", summary="Liveness", response_model=HealthResponse, responses={500: INFERENCE_ERRORS[500]}
 )
-async def healthz(service: Service) -> HealthResponse:
+async def healthz(service: ServiceDep) -> HealthResponse:
     """200 while the process can serve or is getting there; 500 if start-up failed for good."""
-    if service.startup_error is not None:
-        raise StartupFailedError(f"start-up failed: {service.startup_error}")
+    service.readiness.check_live()
     return HealthResponse(status="ok")
 
 
@@ -38,13 +29,8 @@ async def healthz(service: Service) -> HealthResponse:
     description="200 once the model is loaded and warmed up at the max batch size; 503 before that and "
     "from the moment SIGTERM arrives.",
 )
-async def readyz(service: Service) -> ReadyResponse:
-    if not service.accepting:
-        if service.draining:
-            raise NotReadyError("shutting down: finishing in-flight requests")
-        detail = f": {service.startup_error}" if service.startup_error else ""
-        raise NotReadyError(f"warming up the model{detail}")
-    assert service.metadata is not None and service.loaded is not None
+async def readyz(service: ServiceDep) -> ReadyResponse:
+    service.readiness.check_accepting()
     return ReadyResponse(
         status="ready",
         model=service.metadata.variant,
@@ -60,18 +46,10 @@ async def readyz(service: Service) -> ReadyResponse:
     "/v1/models",
     summary="Model metadata",
     response_model=ModelInfo,
-    responses={503: INFERENCE_ERRORS[503]},
     description="What the served model expects and returns, the providers it runs on and the limits.",
 )
-async def models(service: Service) -> ModelInfo:
-    meta, loaded, settings, preprocessor = (
-        service.metadata,
-        service.loaded,
-        service.settings,
-        service.preprocessor,
-    )
-    if meta is None or loaded is None or preprocessor is None:
-        raise NotReadyError("the model is not loaded yet")
+async def models(service: ServiceDep) -> ModelInfo:
+    meta, settings, preprocessor = service.metadata, service.settings, service.preprocessor
     return ModelInfo(
         model=meta.variant,
         image_size=meta.image_size,
@@ -89,7 +67,7 @@ async def models(service: Service) -> ModelInfo:
         precision=meta.precision,
         input={"name": INPUT_NAME, "shape": ["N", 3, meta.image_size, meta.image_size]},
         outputs=service.output_shapes,
-        providers=list(loaded.providers),
+        providers=list(service.loaded.providers),
         model_instances=settings.model_instances,
         intra_op_threads=settings.resolved_intra_op_threads,
         lone_batch_intra_op_threads=service.lone_batch_threads,
@@ -101,6 +79,7 @@ async def models(service: Service) -> ModelInfo:
             max_images_per_request=settings.max_images_per_request,
             max_image_bytes=settings.max_image_bytes,
             max_image_pixels=settings.max_image_pixels,
+            max_inflight_bytes=settings.max_inflight_bytes,
             request_timeout_s=settings.request_timeout_s,
         ),
     )

@@ -43,6 +43,7 @@ import numpy as np
 
 from app.errors import InferenceError, NotReadyError, QueueFullError, RequestTimeoutError
 from app.logging_setup import current_request_id
+from app.statistics import RequestTiming
 
 logger = logging.getLogger(__name__)
 
@@ -64,7 +65,7 @@ class ModelRunner(Protocol):
 class BatchObserver(Protocol):
     """Where the batcher reports what it did (the Prometheus metrics implement this)."""
 
-    def batch_done(self, size: int, inference_s: float) -> None: ...
+    def batch_done(self, size: int, input_s: float, infer_s: float, output_s: float) -> None: ...
 
     def queue_wait(self, seconds: float) -> None: ...
 
@@ -79,6 +80,8 @@ class _Request:
     results: list[ImageResult | None]
     remaining: int
     request_id: str | None = None  # the HTTP request's ID, for logs about its batch
+    timing: RequestTiming | None = None  # filled in for the caller's statistics
+    enqueued: float = 0.0
 
     @property
     def live(self) -> bool:
@@ -196,8 +199,11 @@ class Batcher:
         """Run the model synchronously, bypassing the queue (warm-up before the service is ready)."""
         return self.runner.run(batch, outputs)
 
-    async def submit(self, images: Sequence[np.ndarray], outputs: Sequence[str]) -> list[ImageResult]:
-        """Queue a request's images and wait for their outputs, in the order given.
+    async def submit(
+        self, images: Sequence[np.ndarray], outputs: Sequence[str], timing: RequestTiming | None = None
+    ) -> list[ImageResult]:
+        """Queue a request's images and wait for their outputs, in the order given. `timing`, if
+        given, receives the time the request spent queued and in the model.
 
         Raises `QueueFullError` (no room for all of them: nothing is queued), `RequestTimeoutError`
         (waited past `request_timeout_s`), `InferenceError` (the batch failed) or `NotReadyError`
@@ -212,7 +218,7 @@ class Batcher:
             raise QueueFullError(
                 f"the queue is full ({len(self._queue)} of {self.max_queue_size} images waiting); "
                 "retry after a short pause",
-                headers={"Retry-After": "1"},
+                retry_after_s=1,
             )
         loop = asyncio.get_running_loop()
         now = time.monotonic()
@@ -223,6 +229,8 @@ class Batcher:
             results=[None] * count,
             remaining=count,
             request_id=current_request_id.get(),
+            timing=timing,
+            enqueued=now,
         )
         self._requests.add(request)
         self._queue.extend(_Item(request, i, image, now) for i, image in enumerate(images))
@@ -316,7 +324,7 @@ class Batcher:
                 self._wide_done.clear()
             try:
                 assert self._executor is not None
-                values = await loop.run_in_executor(
+                values, stack_s, infer_s = await loop.run_in_executor(
                     self._executor, self._run_batch, runner, [item.image for item in items], outputs
                 )
             except asyncio.CancelledError:
@@ -342,20 +350,24 @@ class Batcher:
                 self._in_flight -= 1
                 if wide:
                     self._wide_done.set()
-            elapsed = time.monotonic() - started
+            handed_back = time.monotonic()
             self.batches_run += 1
             self.wide_batches_run += wide
             self.images_run += len(items)
+            self._hand_back(items, values, infer_s)
             if self._observer is not None:
-                self._observer.batch_done(len(items), elapsed)
-            self._hand_back(items, values)
+                self._observer.batch_done(len(items), stack_s, infer_s, time.monotonic() - handed_back)
 
     def _run_batch(
         self, runner: ModelRunner, images: list[np.ndarray], outputs: list[str]
-    ) -> dict[str, np.ndarray]:
-        # Runs in an inference thread: stacking ~10 MB here keeps the event loop free.
+    ) -> tuple[dict[str, np.ndarray], float, float]:
+        """(outputs, seconds stacking the inputs, seconds in the model), in an inference thread:
+        stacking ~10 MB here keeps the event loop free."""
+        started = time.perf_counter()
         batch = np.stack(images)
+        stacked = time.perf_counter()
         values = runner.run(batch, outputs)
+        ran = time.perf_counter()
         missing = [name for name in outputs if name not in values]
         if missing:
             raise RuntimeError(f"the runner did not return {missing}")
@@ -364,16 +376,24 @@ class Batcher:
                 raise RuntimeError(
                     f"output {name!r} has batch size {values[name].shape[0]} for {len(images)} images"
                 )
-        return values
+        return values, stacked - started, ran - stacked
 
-    def _hand_back(self, items: list[_Item], values: dict[str, np.ndarray]) -> None:
+    def _hand_back(self, items: list[_Item], values: dict[str, np.ndarray], infer_s: float) -> None:
+        now = time.monotonic()
+        timed: set[_Request] = set()
         for row, item in enumerate(items):
             request = item.request
             if not request.live:
                 continue  # timed out or cancelled while its batch ran: discard
             request.results[item.index] = {name: values[name][row] for name in request.outputs}
             request.remaining -= 1
+            if request.timing is not None and request not in timed:
+                timed.add(request)
+                request.timing.infer_s += infer_s
             if request.remaining == 0:
+                if request.timing is not None:
+                    # Queued is whatever of its time in the batcher was not spent in the model.
+                    request.timing.queue_s = max(0.0, now - request.enqueued - request.timing.infer_s)
                 request.future.set_result(request.results)  # type: ignore[arg-type]
 
     def stop_accepting(self) -> None:

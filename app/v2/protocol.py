@@ -16,7 +16,7 @@ What Triton's own client (`tritonclient.http`) sends and expects, and what this 
   with BYTES `[N, k]` strings `"<value>:<index>[:<label>]"`: the k largest raw output values (not a
   softmax), formatted as C++ `std::to_string` does (`%f`), as Triton's `classification.cc` does.
 - Errors are `{"error": "<message>"}`; Triton's status codes: not found 404, unavailable 503,
-  unsupported 501, internal 500, any other client error 400 (`protocol_status`).
+  unsupported 501, internal 500, any other client error 400 (`app.http.errors.triton_status`).
 """
 
 from __future__ import annotations
@@ -30,13 +30,13 @@ from typing import Any
 
 import numpy as np
 
-from app.errors import ServiceError
+from app.errors import ProtocolError, UnsupportedFeatureError
 
 #: The request/response header that splits the JSON header from the binary buffers.
 HEADER_LENGTH = "Inference-Header-Content-Length"
 
 #: Extensions this server implements, reported by `GET /v2`.
-EXTENSIONS = ("binary_tensor_data", "classification")
+EXTENSIONS = ("binary_tensor_data", "classification", "model_configuration", "statistics")
 
 #: v2 datatype -> little-endian numpy dtype (BYTES is handled apart: variable-length elements).
 NUMPY_TYPES: dict[str, np.dtype] = {
@@ -57,43 +57,6 @@ BYTES = "BYTES"
 DATATYPES = (*NUMPY_TYPES, "BF16", BYTES)
 
 _LENGTH = struct.Struct("<I")
-
-
-class ProtocolError(ServiceError):
-    """A request the protocol cannot accept: bad framing, JSON, names, datatypes or shapes (400)."""
-
-    status_code = 400
-    code = "invalid_argument"
-
-
-class ModelNotFoundError(ServiceError):
-    """An unknown model name or version (404)."""
-
-    status_code = 404
-    code = "not_found"
-
-
-class UnsupportedFeatureError(ServiceError):
-    """A protocol feature this server does not implement, e.g. shared memory (501, as Triton)."""
-
-    status_code = 501
-    code = "unsupported"
-
-
-def protocol_status(status_code: int) -> int:
-    """Triton's mapping of the service's statuses: 404, 405, 501 and 500 stay; unavailable, queue full
-    and queue timeout are 503; every other client error (413, 415, 422, ...) is 400."""
-    if status_code in (404, 405, 500, 501):
-        return status_code
-    if status_code in (503, 504):
-        return 503
-    if 400 <= status_code < 500:
-        return 400
-    return 500 if status_code > 500 else status_code
-
-
-def error_body(message: str) -> bytes:
-    return json.dumps({"error": message}, ensure_ascii=False).encode()
 
 
 @dataclass

@@ -9,10 +9,10 @@ import threading
 
 import pytest
 
-from app.batcher import Batcher
+from app.batching import Batcher
 from app.errors import InferenceError, NotReadyError, QueueFullError, RequestTimeoutError
 from tests.app.conftest import wait_until
-from tests.app.runners import RecordingRunner, image
+from tests.support.runners import RecordingRunner, image
 
 pytestmark = pytest.mark.anyio
 
@@ -213,8 +213,8 @@ async def test_full_queue_refuses_at_once_with_retry_after_and_queues_nothing() 
         await wait_until(lambda: batcher.queue_depth == 3)
         with pytest.raises(QueueFullError) as excinfo:
             await batcher.submit([image(9), image(10)], ["id"])
-        assert excinfo.value.headers["Retry-After"].isdigit()
-        assert excinfo.value.status_code == 503
+        assert excinfo.value.retry_after_s is not None and excinfo.value.retry_after_s >= 1
+        assert excinfo.value.code == "queue_full"
         assert batcher.queue_depth == 3
         gate.set()
         await asyncio.gather(running, queued)
@@ -233,7 +233,7 @@ async def test_request_waiting_past_timeout_gets_504_and_is_not_computed() -> No
         await wait_until(lambda: runner.calls_started == 1)
         with pytest.raises(RequestTimeoutError) as excinfo:
             await batcher.submit([image(7)], ["id"])
-        assert excinfo.value.status_code == 504
+        assert excinfo.value.code == "timeout"
         assert batcher.queue_depth == 0
         gate.set()
         with pytest.raises(RequestTimeoutError):
@@ -283,7 +283,7 @@ async def test_inference_error_fails_only_its_batch_and_is_logged_once(caplog) -
         gate.set()
         with pytest.raises(InferenceError) as excinfo:
             await doomed
-        assert excinfo.value.status_code == 500
+        assert excinfo.value.code == "inference_failed"
         assert float((await bystander)[0]["id"]) == 3.0
         assert float((await batcher.submit([image(4)], ["id"]))[0]["id"]) == 4.0
     finally:

@@ -1,4 +1,5 @@
-"""POST /classify and POST /features: read -> preprocess (thread pool) -> batcher -> numpy -> bytes."""
+"""POST /classify and POST /features: the REST wire format around the pipeline (images in from
+multipart or a raw body; top-k classes, or features as JSON or .npz, out)."""
 
 from __future__ import annotations
 
@@ -9,11 +10,12 @@ from urllib.parse import quote
 from fastapi import APIRouter, Query, Request, Response
 
 from app.errors import InvalidParameterError
+from app.http.body import disconnect_watch
+from app.http.deps import ServiceDep
+from app.http.openapi import IMAGE_REQUEST_BODY, INFERENCE_ERRORS
+from app.http.schemas import ClassifyResponse, FeaturesResponse
 from app.http.uploads import read_images
 from app.postprocess import classify_payload, dumps, features_npz, features_payload
-from app.routes.docs import IMAGE_REQUEST_BODY, INFERENCE_ERRORS
-from app.schemas import ClassifyResponse, FeaturesResponse
-from app.state import ReadyService
 from runtime.metadata import STAGE_OUTPUTS
 
 router = APIRouter(tags=["inference"])
@@ -48,20 +50,19 @@ def _json(payload: dict) -> Response:
 )
 async def classify(
     request: Request,
-    service: ReadyService,
+    service: ServiceDep,
     top_k: Annotated[
         int | None, Query(ge=1, description="Classes per image (1..num_classes, default 5).", examples=[5])
     ] = None,
 ) -> Response:
     metadata = service.metadata
-    assert metadata is not None and service.batcher is not None
     k = min(DEFAULT_TOP_K, metadata.num_classes) if top_k is None else top_k
     if k > metadata.num_classes:
         raise InvalidParameterError(f"top_k must be between 1 and {metadata.num_classes}, got {k}")
-    blobs = await read_images(request, service.settings)
-    images = await service.preprocess(blobs)
-    results = await service.infer(request, images, ["logits"])
-    return _json(classify_payload(results, metadata, k))
+    async with service.pipeline.job() as job:
+        blobs = await read_images(request, job)
+        results = await job.run_encoded(blobs, ["logits"], client_gone=disconnect_watch(request))
+        return _json(classify_payload(results, metadata, k))
 
 
 def _parse_outputs(values: list[str] | None) -> list[str]:
@@ -100,7 +101,7 @@ def _parse_outputs(values: list[str] | None) -> list[str]:
 )
 async def features(
     request: Request,
-    service: ReadyService,
+    service: ServiceDep,
     outputs: Annotated[
         list[str] | None,
         Query(
@@ -115,19 +116,18 @@ async def features(
     ] = None,
 ) -> Response:
     metadata = service.metadata
-    assert metadata is not None and service.batcher is not None
     names = _parse_outputs(outputs)
     wants_npz = format == "npz" or (format is None and NPZ_MEDIA_TYPE in request.headers.get("accept", ""))
-    blobs = await read_images(request, service.settings)
-    images = await service.preprocess(blobs)
-    results = await service.infer(request, images, names)
-    if wants_npz:
-        return Response(
-            content=features_npz(results, names),
-            media_type=NPZ_MEDIA_TYPE,
-            headers={
-                "X-Model": _header_value(metadata.variant),
-                "X-Weights": _header_value(metadata.weights),
-            },
-        )
-    return _json(features_payload(results, metadata, names))
+    async with service.pipeline.job() as job:
+        blobs = await read_images(request, job)
+        results = await job.run_encoded(blobs, names, client_gone=disconnect_watch(request))
+        if wants_npz:
+            return Response(
+                content=features_npz(results, names),
+                media_type=NPZ_MEDIA_TYPE,
+                headers={
+                    "X-Model": _header_value(metadata.variant),
+                    "X-Weights": _header_value(metadata.weights),
+                },
+            )
+        return _json(features_payload(results, metadata, names))

@@ -15,6 +15,7 @@ import onnx
 from onnx import TensorProto, helper, numpy_helper
 
 from runtime.metadata import INPUT_NAME, ModelMetadata
+from tests.support.metadata import make_metadata
 
 IMAGE_SIZE = 224
 STAGE_CHANNELS = (8, 16, 24, 32)
@@ -22,16 +23,12 @@ NUM_CLASSES = 1000
 
 
 def fake_metadata() -> ModelMetadata:
-    return ModelMetadata(
+    return make_metadata(
         variant="transxnet_fake",
         image_size=IMAGE_SIZE,
-        crop_pct=0.9,
         num_classes=NUM_CLASSES,
-        labels=tuple(f"class_{i}" for i in range(NUM_CLASSES)),
-        weights="random-init seed 0",
-        pretrained=False,
         embed_dim=STAGE_CHANNELS[-1],
-        exporter="tests/app/fake_model.py",
+        exporter="tests/support/fake_model.py",
     )
 
 

@@ -1,0 +1,63 @@
+"""Whether the service accepts work: written once, asked by every transport and probe."""
+
+from __future__ import annotations
+
+import logging
+
+from prometheus_client import Gauge
+
+from app.errors import NotReadyError, StartupFailedError
+
+logger = logging.getLogger(__name__)
+
+
+class Readiness:
+    """Not ready until warm-up is done; draining from SIGTERM on (never back); failed for good when
+    warm-up failed. `ready_gauge` mirrors `accepting` for Prometheus."""
+
+    def __init__(self, ready_gauge: Gauge | None = None) -> None:
+        self.ready = False
+        self.draining = False
+        self.startup_error: str | None = None
+        self._gauge = ready_gauge
+
+    @property
+    def accepting(self) -> bool:
+        return self.ready and not self.draining
+
+    @property
+    def live(self) -> bool:
+        """False only when start-up failed for good: a liveness probe should restart the process."""
+        return self.startup_error is None
+
+    def mark_ready(self) -> None:
+        self.ready = True
+        self._publish()
+
+    def fail(self, reason: str) -> None:
+        self.startup_error = reason
+        self._publish()
+
+    def begin_draining(self) -> None:
+        """Refuse new work from now on; safe to call from a signal handler."""
+        if not self.draining:
+            self.draining = True
+            self._publish()
+            logger.info("draining: readiness is now 503 and new requests are refused")
+
+    def check_live(self) -> None:
+        if self.startup_error is not None:
+            raise StartupFailedError(f"start-up failed: {self.startup_error}")
+
+    def check_accepting(self) -> None:
+        """Raise `NotReadyError` saying why, unless the service accepts work."""
+        if self.accepting:
+            return
+        if self.draining:
+            raise NotReadyError("the service is shutting down: retry on another replica")
+        detail = f" ({self.startup_error})" if self.startup_error else ""
+        raise NotReadyError(f"the service is warming up{detail}: retry in a moment")
+
+    def _publish(self) -> None:
+        if self._gauge is not None:
+            self._gauge.set(1 if self.accepting else 0)

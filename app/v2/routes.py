@@ -1,0 +1,137 @@
+"""The Open Inference Protocol (KServe v2) over HTTP, so Triton's clients (`tritonclient`, perf tools)
+talk to this service unmodified: health, server and model metadata, and `infer` (JSON, or JSON
+followed by binary tensor data). The model semantics are `app.v2.model`'s, shared with gRPC."""
+
+from __future__ import annotations
+
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Path, Request, Response
+
+from app.http.body import disconnect_watch, read_body
+from app.http.deps import ServiceDep
+from app.service import Service
+from app.v2 import model as v2
+from app.v2.protocol import EXTENSIONS, HEADER_LENGTH, encode_infer_response, parse_infer_request
+from runtime.metadata import INPUT_NAME
+
+router = APIRouter(prefix="/v2", tags=["v2 (Open Inference Protocol)"])
+
+ModelName = Annotated[str, Path(description="The model's variant (e.g. transxnet_t) or ONNX file stem.")]
+ModelVersion = Annotated[str, Path(description='The model version; only "1" exists.')]
+
+
+@router.get("", summary="Server metadata")
+async def server_metadata(request: Request) -> dict[str, Any]:
+    return {"name": v2.SERVER_NAME, "version": request.app.version, "extensions": list(EXTENSIONS)}
+
+
+@router.get("/health/live", summary="Liveness (200 unless start-up failed for good)")
+async def live(service: ServiceDep) -> Response:
+    service.readiness.check_live()
+    return Response(status_code=200)
+
+
+@router.get("/health/ready", summary="Readiness (503 while warming up or draining)")
+async def ready(service: ServiceDep) -> Response:
+    service.readiness.check_accepting()
+    return Response(status_code=200)
+
+
+# Before /models/{model_name}, which would take "stats" for a model name.
+@router.get("/models/stats", summary="Statistics of every model (Triton's)")
+async def all_statistics(service: ServiceDep) -> dict[str, Any]:
+    return v2.model_statistics(service)
+
+
+@router.get("/models/{model_name}", summary="Model metadata")
+async def model_metadata(service: ServiceDep, model_name: ModelName) -> dict[str, Any]:
+    return v2.model_metadata(service, v2.resolve_model(service, model_name))
+
+
+@router.get("/models/{model_name}/versions/{model_version}", summary="Model metadata (versioned)")
+async def model_version_metadata(
+    service: ServiceDep, model_name: ModelName, model_version: ModelVersion
+) -> dict[str, Any]:
+    return v2.model_metadata(service, v2.resolve_model(service, model_name, model_version))
+
+
+@router.get("/models/{model_name}/ready", summary="Model readiness")
+async def model_ready(service: ServiceDep, model_name: ModelName) -> Response:
+    v2.resolve_model(service, model_name)
+    service.readiness.check_accepting()
+    return Response(status_code=200)
+
+
+@router.get("/models/{model_name}/versions/{model_version}/ready", summary="Model readiness (versioned)")
+async def model_version_ready(
+    service: ServiceDep, model_name: ModelName, model_version: ModelVersion
+) -> Response:
+    v2.resolve_model(service, model_name, model_version)
+    service.readiness.check_accepting()
+    return Response(status_code=200)
+
+
+@router.get("/models/{model_name}/config", summary="Model configuration (Triton's)")
+async def model_config(service: ServiceDep, model_name: ModelName) -> dict[str, Any]:
+    return v2.model_config(service, v2.resolve_model(service, model_name))
+
+
+@router.get("/models/{model_name}/versions/{model_version}/config", summary="Model configuration (versioned)")
+async def model_version_config(
+    service: ServiceDep, model_name: ModelName, model_version: ModelVersion
+) -> dict[str, Any]:
+    return v2.model_config(service, v2.resolve_model(service, model_name, model_version))
+
+
+@router.get("/models/{model_name}/stats", summary="Model statistics (Triton's)")
+async def model_statistics(service: ServiceDep, model_name: ModelName) -> dict[str, Any]:
+    return v2.model_statistics(service, v2.resolve_model(service, model_name))
+
+
+@router.get("/models/{model_name}/versions/{model_version}/stats", summary="Model statistics (versioned)")
+async def model_version_statistics(
+    service: ServiceDep, model_name: ModelName, model_version: ModelVersion
+) -> dict[str, Any]:
+    return v2.model_statistics(service, v2.resolve_model(service, model_name, model_version))
+
+
+async def _infer(request: Request, service: Service, model_name: str, version: str) -> Response:
+    model = v2.resolve_model(service, model_name, version)
+    async with service.pipeline.job() as job:
+        body = await read_body(request, job, job.limits.max_request_bytes, what="the request")
+        infer = parse_infer_request(body, request.headers.get(HEADER_LENGTH))
+        outputs = await v2.infer(service, job, model, infer, client_gone=disconnect_watch(request))
+        content, header_length = encode_infer_response(
+            model_name=model, model_version=v2.MODEL_VERSION, request_id=infer.id, outputs=outputs
+        )
+    if header_length is None:
+        return Response(content=content, media_type="application/json")
+    return Response(
+        content=content,
+        media_type="application/octet-stream",
+        headers={HEADER_LENGTH: str(header_length)},
+    )
+
+
+_INFER_DOC = (
+    "A JSON inference request, optionally followed by binary tensor data (header "
+    f"`{HEADER_LENGTH}`). Inputs: `{INPUT_NAME}` FP32 [N,3,S,S] or `{v2.IMAGE_BYTES_INPUT}` BYTES [N] / "
+    "[N,1]."
+)
+
+
+@router.post("/models/{model_name}/infer", summary="Inference", description=_INFER_DOC)
+async def infer(request: Request, service: ServiceDep, model_name: ModelName) -> Response:
+    return await _infer(request, service, model_name, "")
+
+
+@router.post(
+    "/models/{model_name}/versions/{model_version}/infer",
+    summary="Inference (versioned)",
+    description=_INFER_DOC,
+)
+async def infer_version(
+    request: Request, service: ServiceDep, model_name: ModelName, model_version: ModelVersion
+) -> Response:
+    return await _infer(request, service, model_name, model_version)
