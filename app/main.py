@@ -7,12 +7,16 @@ from __future__ import annotations
 import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from typing import TYPE_CHECKING
 
 from fastapi import FastAPI
 
 from app.http.app import create_http_app
 from app.service import RunnerOverride, Service, build_service
 from app.settings import Settings, load_settings
+
+if TYPE_CHECKING:
+    from app.v2.grpc.server import GrpcServer
 
 logger = logging.getLogger(__name__)
 
@@ -32,9 +36,28 @@ def _lifespan(service: Service):
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         await service.start()
+        grpc_server = None
         try:
+            grpc_server = await _start_grpc(service, app.version)
             yield
         finally:
+            # gRPC first: its in-flight calls still need the batcher that service.stop() ends.
+            if grpc_server is not None:
+                await grpc_server.stop()
             await service.stop()
 
     return lifespan
+
+
+async def _start_grpc(service: Service, version: str) -> GrpcServer | None:
+    """The gRPC server on `grpc_port`, or None when it is 0. Imported only then: its generated
+    modules claim the `inference.*` protobuf names, which tritonclient.grpc claims too, and a
+    process may hold only one of the two (see app/v2/grpc/__init__.py)."""
+    settings = service.settings
+    if not settings.grpc_port:
+        return None
+    from app.v2.grpc.server import GrpcServer
+
+    server = GrpcServer(service, version=version)
+    await server.start(settings.host, settings.grpc_port)
+    return server

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import logging
+import time
+from collections.abc import Callable
 
 from prometheus_client import Gauge
 
@@ -13,13 +15,22 @@ logger = logging.getLogger(__name__)
 
 class Readiness:
     """Not ready until warm-up is done; draining from SIGTERM on (never back); failed for good when
-    warm-up failed. `ready_gauge` mirrors `accepting` for Prometheus."""
+    warm-up failed. `ready_gauge` mirrors `accepting` for Prometheus; listeners hear every change
+    (the gRPC health service's Watch streams)."""
 
     def __init__(self, ready_gauge: Gauge | None = None) -> None:
         self.ready = False
         self.draining = False
+        #: `time.monotonic()` when draining began: what is left of the shutdown timeout is measured from it.
+        self.draining_since: float | None = None
         self.startup_error: str | None = None
         self._gauge = ready_gauge
+        self._listeners: list[Callable[[], None]] = []
+
+    def add_listener(self, listener: Callable[[], None]) -> None:
+        """Call `listener()` after every change; it may run in a signal handler (SIGTERM), so it must
+        only hand the news on (e.g. `loop.call_soon_threadsafe`)."""
+        self._listeners.append(listener)
 
     @property
     def accepting(self) -> bool:
@@ -42,6 +53,7 @@ class Readiness:
         """Refuse new work from now on; safe to call from a signal handler."""
         if not self.draining:
             self.draining = True
+            self.draining_since = time.monotonic()
             self._publish()
             logger.info("draining: readiness is now 503 and new requests are refused")
 
@@ -61,3 +73,5 @@ class Readiness:
     def _publish(self) -> None:
         if self._gauge is not None:
             self._gauge.set(1 if self.accepting else 0)
+        for listener in self._listeners:
+            listener()

@@ -47,6 +47,9 @@ def make_settings(model_path: Path, **overrides: object) -> Settings:
         "max_batch_delay_ms": 20,
         "preprocess_workers": 2,
         "intra_op_threads": 1,
+        # No gRPC server in-process: parallel apps would share port 8001, and its protobuf names
+        # would clash with tritonclient.grpc's (app/v2/grpc/__init__.py). Its tests run processes.
+        "grpc_port": 0,
         **TEST_LIMITS,
     }
     options.update(overrides)
