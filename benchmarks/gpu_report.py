@@ -147,6 +147,17 @@ def throughput_section(data: dict) -> list[str]:
         cells = [_f(_rows(ort[label]).get(batch, {}).get("cold_first_run_ms")) for label in labels]
         if any(c != "–" for c in cells):
             lines.append(f"| {batch} | " + " | ".join(cells) + " |")
+    compiled = data.get("torch_compile", {})
+    for label in ("fp16", "fp32"):
+        block = compiled.get(label, {})
+        forms = sorted({row.get("form", "?") for row in _rows(block).values()})
+        if forms:
+            lines.append(f"- torch.compile {label}: IDConv form {', '.join(forms)}")
+        if block.get("grouped_form_error"):
+            lines.append(
+                f"- torch.compile {label}: the official grouped form did not compile, so the export form "
+                f"(batched matmuls, the ONNX file's) was timed: {block['grouped_form_error'][:300]}"
+            )
     for label, block in ort.items():
         if isinstance(block, dict) and block.get("error"):
             lines.append(f"- {label}: FAILED {block['error'][:300]}")

@@ -159,7 +159,7 @@ run_stage eager "$b" "$py" -m benchmarks.gpu_torch eager --results "$results" --
   --trace "$out/eager_trace.json.gz" --budget $((b - 8)) "${flags[@]}"
 b=$(budget compile)
 run_stage compile "$b" "$py" -m benchmarks.gpu_torch compile --results "$results" --work "$work" \
-  --mode "${GPU_COMPILE_MODE:-max-autotune}" --budget $((b - 8)) "${flags[@]}"
+  --mode "${GPU_COMPILE_MODE:-max-autotune}" --prework "$work/prework.json" --budget $((b - 8)) "${flags[@]}"
 b=$(budget service)
 run_stage service "$b" "$py" -m benchmarks.gpu_service --model "$work/t.onnx" --fp16-model "$work/t_fp16.onnx" \
   --results "$results" --budget $((b - 12)) "${flags[@]}"
