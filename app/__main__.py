@@ -17,6 +17,7 @@ from types import FrameType
 import uvicorn
 from fastapi import FastAPI
 
+from app.http.connection import guarded_protocol
 from app.logging_setup import configure_logging
 from app.main import create_app
 from app.readiness import Readiness
@@ -70,6 +71,9 @@ def build_server(app: FastAPI, settings: Settings) -> DrainingServer:
         log_level=settings.log_level,
         timeout_graceful_shutdown=int(max(1, round(settings.shutdown_timeout_s))),
         lifespan="on",
+        http=guarded_protocol(
+            header_timeout_s=settings.header_timeout_s, max_connections=settings.max_connections
+        ),
     )
     return DrainingServer(config, app.state.service.readiness, grace_s=settings.shutdown_grace_s)
 

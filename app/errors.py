@@ -105,6 +105,12 @@ class RequestTimeoutError(ServiceError):
     code = "timeout"
 
 
+class BodyTimeoutError(ServiceError):
+    """The client paused longer than `body_timeout_s` while sending the request body."""
+
+    code = "body_timeout"
+
+
 class ClientDisconnectedError(ServiceError):
     """The client went away (mid-upload, or before its images ran); its work was dropped. Nobody reads
     the response: the outcome exists for logs and metrics (nginx's 499)."""

@@ -22,6 +22,7 @@ import threading
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import dataclass
+from typing import TypeVar
 
 import numpy as np
 
@@ -40,6 +41,8 @@ from app.statistics import RequestTiming
 
 logger = logging.getLogger(__name__)
 
+T = TypeVar("T")
+
 #: Framing allowed per image on top of the image itself (multipart boundary and part headers, a v2
 #: BYTES element's length and its JSON description).
 PART_OVERHEAD_BYTES = 4096
@@ -47,6 +50,10 @@ PART_OVERHEAD_BYTES = 4096
 REQUEST_OVERHEAD_BYTES = 64 * 1024
 #: Bytes per tensor element a v2 JSON body may spend ("-0.0123456789012345678," and nesting).
 JSON_BYTES_PER_ELEMENT = 28
+
+#: Values above which a JSON body is parsed or encoded in a worker thread: 191 MB of /features JSON
+#: took 9 s on the event loop, during which /healthz waited. Small bodies are cheaper inline.
+OFF_LOOP_BYTES = 256 * 1024
 
 #: Resolves when the client has gone (an HTTP disconnect); None where cancellation says it (gRPC).
 ClientGone = Callable[[], Awaitable[object]]
@@ -62,6 +69,8 @@ class Limits:
     max_inflight_bytes: int
     #: float32 values in one preprocessed image (3 x S x S).
     image_elements: int
+    #: Longest pause between two pieces of a request body.
+    body_timeout_s: float = 30.0
 
     @classmethod
     def from_settings(cls, settings: Settings, image_size: int) -> Limits:
@@ -71,6 +80,7 @@ class Limits:
             max_images_per_request=settings.max_images_per_request,
             max_inflight_bytes=settings.max_inflight_bytes,
             image_elements=3 * image_size**2,
+            body_timeout_s=settings.body_timeout_s,
         )
 
     @property
@@ -159,6 +169,12 @@ class Job:
         retry later) when the budget has no room."""
         if size <= 0:
             return
+        if size > self._pipeline.budget.limit:
+            raise PayloadTooLargeError(
+                f"this request needs {self.reserved + size} bytes in memory, more than the whole "
+                f"{self._pipeline.budget.limit}-byte budget (TRANSXNET_MAX_INFLIGHT_BYTES): send fewer "
+                "images per request, or tensors as binary data rather than JSON"
+            )
         if not self._pipeline.budget.try_reserve(size):
             self._pipeline.metrics.overloaded.inc()
             raise OverloadedError(
@@ -167,6 +183,12 @@ class Job:
                 retry_after_s=1,
             )
         self.reserved += size
+
+    def release(self, size: int) -> None:
+        """Give back part of what this job reserved, once that memory is freed."""
+        size = min(size, self.reserved)
+        self._pipeline.budget.release(size)
+        self.reserved -= size
 
     async def run_encoded(
         self, blobs: Sequence[bytes], outputs: Sequence[str], *, client_gone: ClientGone | None = None
@@ -268,20 +290,26 @@ class Pipeline:
     async def decode(self, blobs: Sequence[bytes]) -> list[np.ndarray]:
         """Decode every image of a request in the pool; the first failure (in request order) fails
         the whole request before any of its images is queued. Cancelling drops the decodes that have
-        not started."""
+        not started (a client that has gone costs no more decoding)."""
         loop = asyncio.get_running_loop()
-        # Announced to the batcher, which may hold a queued image back for these batch-mates. Each
-        # decode runs in a copy of this request's context, so what it logs carries the request's ID.
+        # A request keeps at most one decode per thread in the pool's queue, so a 32-image request
+        # cannot put every other request's images behind its own: the queue interleaves requests.
+        slots = asyncio.Semaphore(self.pool.workers)
+
+        async def decode_one(blob: bytes) -> np.ndarray:
+            async with slots:
+                # In a copy of this request's context, so what decoding logs carries its request ID.
+                context = contextvars.copy_context()
+                return await loop.run_in_executor(self.pool, context.run, self._decode_one, blob)
+
+        # Announced to the batcher, which may hold a queued image back for these batch-mates.
         with self.batcher.expecting(len(blobs)):
-            futures = [
-                loop.run_in_executor(self.pool, contextvars.copy_context().run, self._decode_one, blob)
-                for blob in blobs
-            ]
+            tasks = [asyncio.ensure_future(decode_one(blob)) for blob in blobs]
             try:
-                outcomes = await asyncio.gather(*futures, return_exceptions=True)
+                outcomes = await asyncio.gather(*tasks, return_exceptions=True)
             except asyncio.CancelledError:
-                for future in futures:
-                    future.cancel()
+                for task in tasks:
+                    task.cancel()
                 raise
         for outcome in outcomes:
             if isinstance(outcome, BaseException):
@@ -294,3 +322,11 @@ class Pipeline:
         image = self.preprocessor(blob)
         self.metrics.preprocess_seconds.observe(time.perf_counter() - started)
         return image
+
+
+async def off_loop(size: int, function: Callable[..., T], *args: object) -> T:
+    """`function(*args)` in a worker thread when `size` (bytes or values it handles) is large, so
+    that one request's JSON never stalls the probes and the other requests; inline otherwise."""
+    if size < OFF_LOOP_BYTES:
+        return function(*args)
+    return await asyncio.to_thread(function, *args)

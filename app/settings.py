@@ -5,6 +5,7 @@ naming the variable instead of failing later under load.
 
 from __future__ import annotations
 
+import math
 import os
 from pathlib import Path
 from typing import Literal
@@ -19,11 +20,37 @@ ENV_PREFIX = "TRANSXNET_"
 MIB = 1024 * 1024
 
 
+#: Where the kernel publishes this process's CPU quota (cgroup v2, then v1).
+CGROUP_CPU_MAX = Path("/sys/fs/cgroup/cpu.max")
+CGROUP_V1_QUOTA = Path("/sys/fs/cgroup/cpu/cpu.cfs_quota_us")
+CGROUP_V1_PERIOD = Path("/sys/fs/cgroup/cpu/cpu.cfs_period_us")
+
+
+def cgroup_cpu_limit() -> int | None:
+    """Whole cores of the cgroup's CPU quota (a Kubernetes CPU limit), rounded up; None if none.
+
+    A pod limited to 2 CPUs still sees every core of its node in its affinity mask, so thread counts
+    derived from the mask alone would oversubscribe the quota and be throttled."""
+    try:
+        if CGROUP_CPU_MAX.is_file():
+            quota, period = CGROUP_CPU_MAX.read_text().split()[:2]
+        elif CGROUP_V1_QUOTA.is_file() and CGROUP_V1_PERIOD.is_file():
+            quota, period = CGROUP_V1_QUOTA.read_text().strip(), CGROUP_V1_PERIOD.read_text().strip()
+        else:
+            return None
+        if quota in ("max", "-1") or int(period) <= 0:
+            return None
+        return max(1, math.ceil(int(quota) / int(period)))
+    except (OSError, ValueError):
+        return None
+
+
 def usable_cores() -> int:
-    """The cores this process may run on (its affinity mask, which containers' cpusets narrow)."""
-    if hasattr(os, "sched_getaffinity"):
-        return len(os.sched_getaffinity(0))
-    return os.cpu_count() or 1
+    """The cores this process may run on: its affinity mask (which containers' cpusets narrow),
+    bounded by its cgroup CPU quota (which Kubernetes CPU limits set)."""
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    limit = cgroup_cpu_limit()
+    return min(cores, limit) if limit is not None else cores
 
 
 class SettingsError(ValueError):
@@ -107,6 +134,25 @@ class Settings(BaseSettings):
     )
     log_level: Literal["critical", "error", "warning", "info", "debug"] = "info"
     log_format: Literal["text", "json"] = "text"
+    header_timeout_s: float = Field(
+        10.0,
+        gt=0,
+        le=600,
+        description="How long a connection may take to send a request's headers before it is closed "
+        "(idle and slow-header connections hold a socket each).",
+    )
+    body_timeout_s: float = Field(
+        30.0,
+        gt=0,
+        le=600,
+        description="Longest pause between two pieces of a request body before the request gets 408 "
+        "(nginx's client_body_timeout is 60 s between reads).",
+    )
+    max_connections: int = Field(
+        1024,
+        ge=1,
+        description="Open HTTP connections (and requests) at once; a request beyond it gets 503.",
+    )
     shutdown_timeout_s: float = Field(
         30.0, gt=0, description="After SIGTERM: how long in-flight requests may take to finish."
     )

@@ -25,6 +25,7 @@ STATUS: dict[str, int] = {
     "method_not_allowed": 405,
     "payload_too_large": 413,
     "too_many_images": 413,
+    "body_timeout": 408,
     "unsupported_media_type": 415,
     "invalid_parameter": 422,
     "client_closed_request": 499,

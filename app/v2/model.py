@@ -20,7 +20,7 @@ from typing import Any
 
 import numpy as np
 
-from app.errors import InvalidParameterError, ModelNotFoundError, ProtocolError
+from app.errors import ModelNotFoundError, ProtocolError
 from app.pipeline import ClientGone, Job
 from app.service import Service
 from app.v2.protocol import (
@@ -120,7 +120,10 @@ def _tensor_images(service: Service, item: RequestInput, model: str, job: Job) -
             f"[-1,3,{size},{size}], got {list(item.shape)}"
         )
     _batch_size(item, model, job)
-    return list(decode_numeric(item))
+    batch = decode_numeric(item)
+    if not np.isfinite(batch).all():
+        raise ProtocolError(f"input '{INPUT_NAME}' holds NaN or infinity: send finite, normalised pixels")
+    return list(batch)
 
 
 def _encoded_images(item: RequestInput, model: str, job: Job) -> list[bytes]:
@@ -153,8 +156,8 @@ def requested_outputs(infer: InferRequest, model: str, num_classes: int) -> list
                 f"unexpected inference output '{output.name}' for model '{model}': choose from "
                 f"{', '.join(OUTPUT_NAMES)}"
             )
-        if output.classification < 0:
-            raise InvalidParameterError(f"'classification' of output '{output.name}' must be >= 0")
+        # More classes than the model has would only repeat the same ranking at length.
+        output.classification = min(output.classification, num_classes)
     return infer.outputs
 
 

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 import struct
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -30,7 +31,7 @@ from typing import Any
 
 import numpy as np
 
-from app.errors import ProtocolError, UnsupportedFeatureError
+from app.errors import InferenceError, InvalidParameterError, ProtocolError, UnsupportedFeatureError
 
 #: The request/response header that splits the JSON header from the binary buffers.
 HEADER_LENGTH = "Inference-Header-Content-Length"
@@ -57,6 +58,15 @@ BYTES = "BYTES"
 DATATYPES = (*NUMPY_TYPES, "BF16", BYTES)
 
 _LENGTH = struct.Struct("<I")
+_DECIMAL = re.compile(r"[0-9]{1,19}")
+
+#: Longest tensor name or request id accepted (they are echoed into responses and logs).
+MAX_NAME_CHARS = 256
+#: Most dimensions a tensor's shape may have.
+MAX_RANK = 8
+#: Most values one JSON response may write (about 40 MB of text): every output of TransXNet-T for 6
+#: images. Beyond it the binary extension is the way: 4 bytes a value, no text to build or parse.
+MAX_JSON_VALUES = 2_000_000
 
 
 @dataclass
@@ -135,42 +145,82 @@ def _bool_param(params: Mapping[str, Any], key: str, what: str) -> bool | None:
     return value
 
 
+def _text(value: Any, what: str, limit: int = MAX_NAME_CHARS) -> str:
+    """A name or id we may echo: a non-empty string of at most `limit` characters that UTF-8 can
+    carry (JSON's `\\ud800` escapes decode to lone surrogates, which it cannot)."""
+    if not isinstance(value, str) or not value:
+        raise ProtocolError(f"{what} must be a non-empty string, got {_shown(value)}")
+    if len(value) > limit:
+        raise ProtocolError(f"{what} is {len(value)} characters long; at most {limit} are accepted")
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        raise ProtocolError(f"{what} holds a lone surrogate, which UTF-8 cannot encode") from None
+    return value
+
+
+def _shown(value: Any) -> str:
+    """A value for an error message, cut short: the client sent it, it may be huge."""
+    text = repr(value)
+    return text if len(text) <= 80 else text[:77] + "..."
+
+
 def _named_tensor(
     raw: Any, kind: str, position: int, seen: set[str], repeated: str
 ) -> tuple[dict[str, Any], str]:
     """One entry of 'inputs' or 'outputs' (`kind`): the object and its name, which must be new."""
     tensor = _object(raw, f"{kind} {position}")
-    name = tensor.get("name")
-    if not isinstance(name, str) or not name:
+    if not isinstance(tensor.get("name"), str) or not tensor["name"]:
         raise ProtocolError(f"{kind} {position} has no 'name'")
+    name = _text(tensor["name"], f"the name of {kind} {position}")
     if name in seen:
         raise ProtocolError(f"{kind} '{name}' is {repeated} more than once")
     seen.add(name)
     return tensor, name
 
 
+def _count(value: Any, what: str) -> int:
+    """A non-negative JSON integer (not a bool)."""
+    if not isinstance(value, int) or isinstance(value, bool) or value < 0:
+        raise ProtocolError(f"{what} must be a non-negative integer, got {_shown(value)}")
+    return value
+
+
 def _shape(value: Any, what: str) -> tuple[int, ...]:
-    if not isinstance(value, list) or not all(
-        isinstance(d, int) and not isinstance(d, bool) and d >= 0 for d in value
-    ):
-        raise ProtocolError(f"'shape' of {what} must be a list of non-negative integers, got {value!r}")
-    return tuple(value)
+    if not isinstance(value, list) or len(value) > MAX_RANK:
+        raise ProtocolError(f"'shape' of {what} must be a list of at most {MAX_RANK} dimensions")
+    return tuple(_count(d, f"a dimension of the 'shape' of {what}") for d in value)
+
+
+def _refuse_constant(name: str) -> Any:
+    raise ProtocolError(f"{name} is not valid JSON: send finite numbers (or binary tensor data)")
+
+
+def loads(text: bytes, what: str) -> Any:
+    """Strict JSON: no NaN or Infinity, bounded nesting and integer size, valid UTF-8."""
+    try:
+        return json.loads(text, parse_constant=_refuse_constant)
+    except RecursionError:
+        raise ProtocolError(f"{what} is nested too deeply") from None
+    except (UnicodeDecodeError, ValueError) as exc:  # JSONDecodeError, and ints past 4300 digits
+        raise ProtocolError(f"{what} is not valid JSON: {exc}") from None
 
 
 def split_body(body: bytes, header_length: str | None) -> tuple[bytes, bytes]:
     """(JSON header, binary section) of a request body, by its `Inference-Header-Content-Length`."""
     if header_length is None:
         return body, b""
-    try:
-        length = int(header_length)
-    except ValueError:
-        raise ProtocolError(f"{HEADER_LENGTH} must be an integer, got {header_length!r}") from None
+    if not _DECIMAL.fullmatch(header_length):
+        raise ProtocolError(
+            f"{HEADER_LENGTH} must be an integer of decimal digits, got {_shown(header_length)}"
+        )
+    length = int(header_length)
     if length == 0:
         raise ProtocolError(
             f"{HEADER_LENGTH}: 0 (a raw binary request without a JSON header) is not supported: send the "
             "JSON inference header first"
         )
-    if length < 0 or length > len(body):
+    if length > len(body):
         raise ProtocolError(
             f"{HEADER_LENGTH} is {length} but the request body has {len(body)} bytes: the JSON header "
             "must lie within the body"
@@ -178,96 +228,110 @@ def split_body(body: bytes, header_length: str | None) -> tuple[bytes, bytes]:
     return body[:length], body[length:]
 
 
-def parse_infer_request(body: bytes, header_length: str | None = None) -> InferRequest:
-    """Parse and frame-check an infer request; the model-specific checks are the caller's."""
-    header, binary = split_body(body, header_length)
-    try:
-        document = json.loads(header)
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        where = f" (the first {len(header)} bytes, per {HEADER_LENGTH})" if header_length else ""
-        raise ProtocolError(f"the inference request header{where} is not valid JSON: {exc}") from None
-    request = _object(document, "the inference request")
-    request_id = request.get("id")
-    if request_id is not None and not isinstance(request_id, str):
-        raise ProtocolError(f"'id' must be a string, got {request_id!r}")
+def _request_parameters(request: dict[str, Any]) -> dict[str, Any]:
     params = _parameters(request, "the request")
     reserved = sorted(key for key in params if key.startswith("triton_"))
     if reserved:
-        raise ProtocolError(f"parameter keys starting with 'triton_' are reserved, got {reserved}")
-    binary_output = _bool_param(params, "binary_data_output", "the request") or False
+        raise ProtocolError(f"parameter keys starting with 'triton_' are reserved, got {reserved[:8]}")
+    return params
 
+
+def _input(raw: Any, position: int, seen: set[str], binary: _BinarySection) -> RequestInput:
+    tensor, name = _named_tensor(raw, "input", position, seen, "given")
+    what = f"input '{name}'"
+    datatype = tensor.get("datatype")
+    if datatype not in DATATYPES:
+        raise ProtocolError(
+            f"'datatype' of {what} must be one of {', '.join(DATATYPES)}, got {_shown(datatype)}"
+        )
+    item = RequestInput(name=name, datatype=datatype, shape=_shape(tensor.get("shape"), what))
+    params = _parameters(tensor, what)
+    _check_shared_memory(params, what)
+    if "binary_data_size" in params:
+        if "data" in tensor:
+            raise ProtocolError(f"{what} has both 'data' and 'binary_data_size': send one")
+        item.binary = binary.take(_count(params["binary_data_size"], f"'binary_data_size' of {what}"), what)
+    elif "data" in tensor:
+        item.data = tensor["data"]
+    else:
+        raise ProtocolError(f"{what} has neither 'data' nor 'parameters.binary_data_size'")
+    return item
+
+
+class _BinarySection:
+    """The binary buffers after the JSON header, handed out in input order."""
+
+    def __init__(self, data: bytes, framed: bool) -> None:
+        self.data = data
+        self.framed = framed
+        self.offset = 0
+
+    def take(self, size: int, what: str) -> bytes:
+        if not self.framed and size > 0:
+            raise ProtocolError(
+                f"{what} is binary ('binary_data_size') but the request has no {HEADER_LENGTH} header"
+            )
+        if self.offset + size > len(self.data):
+            raise ProtocolError(
+                f"{what} declares {size} bytes of binary data but only {len(self.data) - self.offset} remain "
+                "in the request body"
+            )
+        chunk = self.data[self.offset : self.offset + size]
+        self.offset += size
+        return chunk
+
+    def check_consumed(self) -> None:
+        if self.offset != len(self.data):
+            raise ProtocolError(
+                f"the request body has {len(self.data) - self.offset} bytes after the inputs' binary data: "
+                "'binary_data_size' values and the body disagree"
+            )
+
+
+def _output(raw: Any, position: int, seen: set[str]) -> RequestedOutput:
+    tensor, name = _named_tensor(raw, "output", position, seen, "requested")
+    what = f"output '{name}'"
+    params = _parameters(tensor, what)
+    _check_shared_memory(params, what)
+    return RequestedOutput(
+        name=name,
+        binary=_bool_param(params, "binary_data", what),
+        classification=_count(params.get("classification", 0), f"'classification' of {what}"),
+    )
+
+
+def _outputs(request: dict[str, Any]) -> list[RequestedOutput] | None:
+    if "outputs" not in request:
+        return None
+    raw_outputs = request["outputs"]
+    if not isinstance(raw_outputs, list):
+        raise ProtocolError("'outputs' must be a list of requested outputs")
+    seen: set[str] = set()
+    return [_output(raw, position, seen) for position, raw in enumerate(raw_outputs)]
+
+
+def parse_infer_request(body: bytes, header_length: str | None = None) -> InferRequest:
+    """Parse and frame-check an infer request; the model-specific checks are the caller's."""
+    header, binary = split_body(body, header_length)
+    where = f" (the first {len(header)} bytes, per {HEADER_LENGTH})" if header_length else ""
+    request = _object(loads(header, f"the inference request header{where}"), "the inference request")
+    request_id = request.get("id")
+    if request_id is not None:
+        request_id = _text(request_id, "'id'") if request_id != "" else None
+    params = _request_parameters(request)
     raw_inputs = request.get("inputs")
     if not isinstance(raw_inputs, list):
         raise ProtocolError("'inputs' must be a list of input tensors")
-    inputs: list[RequestInput] = []
-    input_names: set[str] = set()
-    offset = 0
-    for position, raw in enumerate(raw_inputs):
-        tensor, name = _named_tensor(raw, "input", position, input_names, "given")
-        what = f"input '{name}'"
-        datatype = tensor.get("datatype")
-        if datatype not in DATATYPES:
-            raise ProtocolError(
-                f"'datatype' of {what} must be one of {', '.join(DATATYPES)}, got {datatype!r}"
-            )
-        shape = _shape(tensor.get("shape"), what)
-        input_params = _parameters(tensor, what)
-        _check_shared_memory(input_params, what)
-        item = RequestInput(name=name, datatype=datatype, shape=shape)
-        if "binary_data_size" in input_params:
-            size = input_params["binary_data_size"]
-            if not isinstance(size, int) or isinstance(size, bool) or size < 0:
-                raise ProtocolError(f"'binary_data_size' of {what} must be a non-negative integer")
-            if "data" in tensor:
-                raise ProtocolError(f"{what} has both 'data' and 'binary_data_size': send one")
-            if header_length is None and size > 0:
-                raise ProtocolError(
-                    f"{what} is binary ('binary_data_size') but the request has no {HEADER_LENGTH} header"
-                )
-            if offset + size > len(binary):
-                raise ProtocolError(
-                    f"{what} declares {size} bytes of binary data but only {len(binary) - offset} remain "
-                    "in the request body"
-                )
-            item.binary = binary[offset : offset + size]
-            offset += size
-        elif "data" in tensor:
-            item.data = tensor["data"]
-        else:
-            raise ProtocolError(f"{what} has neither 'data' nor 'parameters.binary_data_size'")
-        inputs.append(item)
-    if offset != len(binary):
-        raise ProtocolError(
-            f"the request body has {len(binary) - offset} bytes after the inputs' binary data: "
-            "'binary_data_size' values and the body disagree"
-        )
-
-    outputs: list[RequestedOutput] | None = None
-    if "outputs" in request:
-        raw_outputs = request["outputs"]
-        if not isinstance(raw_outputs, list):
-            raise ProtocolError("'outputs' must be a list of requested outputs")
-        outputs = []
-        output_names: set[str] = set()
-        for position, raw in enumerate(raw_outputs):
-            tensor, name = _named_tensor(raw, "output", position, output_names, "requested")
-            what = f"output '{name}'"
-            output_params = _parameters(tensor, what)
-            _check_shared_memory(output_params, what)
-            classification = output_params.get("classification", 0)
-            if not isinstance(classification, int) or isinstance(classification, bool) or classification < 0:
-                raise ProtocolError(
-                    f"'classification' of {what} must be a non-negative integer, got {classification!r}"
-                )
-            outputs.append(
-                RequestedOutput(
-                    name=name,
-                    binary=_bool_param(output_params, "binary_data", what),
-                    classification=classification,
-                )
-            )
+    section = _BinarySection(binary, framed=header_length is not None)
+    seen: set[str] = set()
+    inputs = [_input(raw, position, seen, section) for position, raw in enumerate(raw_inputs)]
+    section.check_consumed()
     return InferRequest(
-        id=request_id, inputs=inputs, outputs=outputs, binary_data_output=binary_output, parameters=params
+        id=request_id,
+        inputs=inputs,
+        outputs=_outputs(request),
+        binary_data_output=_bool_param(params, "binary_data_output", "the request") or False,
+        parameters=params,
     )
 
 
@@ -348,7 +412,12 @@ def decode_bytes(item: RequestInput) -> list[bytes]:
             f"input '{item.name}' has {len(values)} values in 'data'; shape {list(item.shape)} needs "
             f"{item.element_count}"
         )
-    return [value.encode("utf-8") for value in values]
+    try:
+        return [value.encode("utf-8") for value in values]
+    except UnicodeEncodeError:
+        raise ProtocolError(
+            f"input '{item.name}' holds a string with a lone surrogate, which UTF-8 cannot encode"
+        ) from None
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -382,8 +451,21 @@ def classification_strings(values: np.ndarray, count: int, labels: Sequence[str]
     return strings
 
 
+def check_json_size(outputs: Sequence[ResponseOutput]) -> int:
+    """The number of values the response would write as JSON; `InvalidParameterError` past
+    `MAX_JSON_VALUES`, pointing at the binary extension (exact float32, a fraction of the size)."""
+    values = sum(output.array.size for output in outputs if not output.binary)
+    if values > MAX_JSON_VALUES:
+        raise InvalidParameterError(
+            f"the requested outputs hold {values} values, more than the {MAX_JSON_VALUES} a JSON response "
+            "may carry: ask for them as binary data (parameters.binary_data_output, or binary_data per "
+            "output), for fewer outputs, or for fewer images per request"
+        )
+    return values
+
+
 def encode_infer_response(
-    *, model_name: str, model_version: str, request_id: str | None, outputs: Sequence[ResponseOutput]
+    request_id: str | None, outputs: Sequence[ResponseOutput], *, model_name: str, model_version: str
 ) -> tuple[bytes, int | None]:
     """(body, JSON header length or None): the response JSON, then the binary outputs' buffers."""
     described: list[dict[str, Any]] = []
@@ -413,7 +495,13 @@ def encode_infer_response(
     if request_id:
         document["id"] = request_id
     document["outputs"] = described
-    header = json.dumps(document, separators=(",", ":"), ensure_ascii=False).encode()
+    try:
+        header = json.dumps(document, separators=(",", ":"), ensure_ascii=False, allow_nan=False).encode()
+    except ValueError:
+        raise InferenceError(
+            "the model's outputs hold NaN or infinity, which JSON cannot carry: ask for binary outputs "
+            "(parameters.binary_data) to receive them as they are"
+        ) from None
     if not buffers:
         return header, None
     return header + b"".join(buffers), len(header)

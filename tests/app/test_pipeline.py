@@ -196,3 +196,31 @@ async def test_a_departed_client_s_queued_decodes_never_run(parts: dict) -> None
     assert blocking.calls == 1
     assert parts["runner"].batches == []
     assert pipeline.budget.held == 0
+
+
+async def test_a_large_request_cannot_put_another_request_s_image_behind_all_of_its_own(parts: dict) -> None:
+    pipeline: Pipeline = parts["pipeline"]
+    gate = threading.Event()
+    order: list[int] = []
+
+    class Recording(CountingPreprocessor):
+        def __call__(self, data: bytes) -> np.ndarray:
+            order.append(data[0])
+            return super().__call__(data)
+
+    pipeline.preprocessor = recording = Recording(gate)  # type: ignore[assignment]
+    pipeline.limits = limits(max_images_per_request=8)
+
+    async def run(blobs: list[bytes]) -> list:
+        async with pipeline.job() as job:
+            return await job.run_encoded(blobs, ["id"])
+
+    large = asyncio.create_task(run([bytes([i]) for i in range(1, 9)]))
+    await wait_until(lambda: recording.calls == 1)  # the one decode thread holds image 1
+    small = asyncio.create_task(run([bytes([100])]))
+    await asyncio.sleep(0.05)  # let the small request queue its decode
+    gate.set()
+    await asyncio.gather(large, small)
+    # The small request's image is decoded next, not after the large request's seven others.
+    assert order[:2] == [1, 100]
+    assert sorted(order) == [1, 2, 3, 4, 5, 6, 7, 8, 100]

@@ -117,3 +117,35 @@ def test_missing_model_file_says_how_to_export_one(tmp_path: Path) -> None:
     with pytest.raises(SettingsError) as excinfo:
         check_model_file(Settings(model_path=missing))
     assert f"python -m export --variant t --output {missing}" in str(excinfo.value)
+
+
+@pytest.mark.parametrize(
+    ("cpu_max", "expected"),
+    [
+        ("200000 100000\n", 2),
+        ("150000 100000\n", 2),
+        ("50000 100000\n", 1),
+        ("max 100000\n", None),
+        ("junk", None),
+    ],
+)
+def test_the_cgroup_cpu_quota_bounds_the_usable_cores(tmp_path, monkeypatch, cpu_max: str, expected) -> None:
+    import app.settings as settings_module
+
+    path = tmp_path / "cpu.max"
+    path.write_text(cpu_max)
+    monkeypatch.setattr(settings_module, "CGROUP_CPU_MAX", path)
+    assert settings_module.cgroup_cpu_limit() == expected
+    monkeypatch.setattr(settings_module.os, "sched_getaffinity", lambda pid: set(range(64)))
+    assert usable_cores() == (64 if expected is None else expected)
+
+
+def test_a_cgroup_v1_quota_is_read_too(tmp_path, monkeypatch) -> None:
+    import app.settings as settings_module
+
+    monkeypatch.setattr(settings_module, "CGROUP_CPU_MAX", tmp_path / "absent")
+    (tmp_path / "quota").write_text("300000\n")
+    (tmp_path / "period").write_text("100000\n")
+    monkeypatch.setattr(settings_module, "CGROUP_V1_QUOTA", tmp_path / "quota")
+    monkeypatch.setattr(settings_module, "CGROUP_V1_PERIOD", tmp_path / "period")
+    assert settings_module.cgroup_cpu_limit() == 3

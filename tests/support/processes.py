@@ -162,9 +162,8 @@ def service_process(
     """
     port = free_port()
     extra = {f"TRANSXNET_{key.upper()}": str(value) for key, value in settings.items()}
-    environment = service_env(
-        model_path, TRANSXNET_PORT=str(port), TRANSXNET_LOG_LEVEL="warning", **{**extra, **(env or {})}
-    )
+    overrides = {"TRANSXNET_PORT": str(port), "TRANSXNET_LOG_LEVEL": "warning", **extra, **(env or {})}
+    environment = service_env(model_path, **overrides)
     args = [sys.executable, "-m", "app"]
     if helper_args is not None:
         args = [sys.executable, "-m", "tests.support.serve", *helper_args]

@@ -15,8 +15,10 @@ from app.http.deps import ServiceDep
 from app.http.openapi import IMAGE_REQUEST_BODY, INFERENCE_ERRORS
 from app.http.schemas import ClassifyResponse, FeaturesResponse
 from app.http.uploads import read_images
+from app.pipeline import off_loop
 from app.postprocess import classify_payload, dumps, features_npz, features_payload
-from runtime.metadata import STAGE_OUTPUTS
+from app.v2.protocol import MAX_JSON_VALUES
+from runtime.metadata import STAGE_OUTPUTS, ModelMetadata
 
 router = APIRouter(tags=["inference"])
 
@@ -37,6 +39,10 @@ def _header_value(value: str) -> str:
 
 def _json(payload: dict) -> Response:
     return Response(content=dumps(payload), media_type="application/json")
+
+
+def _features_json(results: list, metadata: ModelMetadata, names: list[str]) -> bytes:
+    return dumps(features_payload(results, metadata, names))
 
 
 @router.post(
@@ -122,12 +128,21 @@ async def features(
         blobs = await read_images(request, job)
         results = await job.run_encoded(blobs, names, client_gone=disconnect_watch(request))
         if wants_npz:
+            npz = await off_loop(sum(results[0][name].nbytes for name in names), features_npz, results, names)
             return Response(
-                content=features_npz(results, names),
+                content=npz,
                 media_type=NPZ_MEDIA_TYPE,
                 headers={
                     "X-Model": _header_value(metadata.variant),
                     "X-Weights": _header_value(metadata.weights),
                 },
             )
-        return _json(features_payload(results, metadata, names))
+        values = sum(results[0][name].size for name in names) * len(results)
+        if values > MAX_JSON_VALUES:
+            raise InvalidParameterError(
+                f"the requested features hold {values} values, more than the {MAX_JSON_VALUES} a JSON "
+                f"response may carry: ask for .npz (format=npz or Accept: {NPZ_MEDIA_TYPE}), for fewer "
+                "outputs, or for fewer images per request"
+            )
+        body = await off_loop(values * 8, _features_json, results, metadata, names)
+        return Response(content=body, media_type="application/json")

@@ -53,7 +53,7 @@ async def test_deflate_is_accepted_and_an_unknown_encoding_is_refused(client) ->
     )
     assert deflated.status_code == 200, deflated.text
     refused = await client.post("/classify", content=image, headers={**PNG, "content-encoding": "br"})
-    assert "Content-Encoding" in assert_error(refused, 501, "unsupported")
+    assert "Content-Encoding" in assert_error(refused, 415, "unsupported_media_type")
 
 
 @pytest.mark.parametrize(
