@@ -70,7 +70,8 @@ def test_default_service_is_the_cpu_image_on_port_8000_without_a_profile(compose
     service = compose["services"]["transxnet"]
     assert "profiles" not in service, "plain `docker compose up` must start it"
     assert service["build"]["target"] == "runtime"
-    assert [_interpolate(p) for p in service["ports"]] == [f"{SERVICE_PORT}:{SERVICE_PORT}"]
+    # HTTP on 8000; gRPC (8001 in the container) on 9000: the GPU service's HTTP has the host's 8001.
+    assert [_interpolate(p) for p in service["ports"]] == [f"{SERVICE_PORT}:{SERVICE_PORT}", "9000:8001"]
     assert service["restart"] in ("unless-stopped", "always")
     limits = service["deploy"]["resources"]["limits"]
     assert float(_interpolate(limits["cpus"])) > 0 and limits["memory"]

@@ -45,12 +45,13 @@ def test_serving_stage_runs_as_a_non_root_user(stages: list[Stage], name: str) -
 
 
 @pytest.mark.parametrize("name", SERVING_STAGES)
-def test_serving_stage_exposes_8000_and_is_unbuffered(stages: list[Stage], name: str) -> None:
+def test_serving_stage_exposes_http_and_grpc_and_is_unbuffered(stages: list[Stage], name: str) -> None:
     stage = stage_named(stages, name)
-    assert [e.args for e in stage.find("EXPOSE")] == ["8000"]
+    assert [e.args for e in stage.find("EXPOSE")] == ["8000 8001"]
     env = stage.env()
     assert env.get("PYTHONUNBUFFERED") == "1"
     assert env.get("TRANSXNET_PORT") == "8000"
+    assert env.get("TRANSXNET_GRPC_PORT") == "8001"
 
 
 @pytest.mark.parametrize("name", SERVING_STAGES)
