@@ -12,14 +12,11 @@ values, which are far below the bounds, are in docs/benchmarks.md.
 
 from __future__ import annotations
 
-import contextlib
 import json
 import socket
-import threading
 import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
 
 import httpx
 import psutil
@@ -27,7 +24,7 @@ import pytest
 
 from tests.support.hostile import hostile_cases, zlib_repeating
 from tests.support.images import encoded_image
-from tests.support.processes import ServiceProcess, service_process
+from tests.support.processes import ServiceProcess, service_process, watching
 
 pytestmark = pytest.mark.slow
 
@@ -41,58 +38,6 @@ PROBE_BOUND_S = 1.0
 #: What a refused request may add to the server's RSS beyond the body it sent.
 REFUSAL_RSS_BOUND = 64 * MIB
 CASES = hostile_cases()
-
-
-@dataclass
-class Watch:
-    """Polls /healthz and samples RSS in background threads until stopped."""
-
-    service: ServiceProcess
-    probe_latencies: list[float] = field(default_factory=list)
-    probe_failures: int = 0
-    peak_rss: int = 0
-    start_rss: int = 0
-    _stop: threading.Event = field(default_factory=threading.Event)
-
-    def _probe(self) -> None:
-        with httpx.Client(base_url=self.service.base, timeout=30) as client:
-            while not self._stop.is_set():
-                started = time.perf_counter()
-                try:
-                    ok = client.get("/healthz").status_code == 200
-                except httpx.TransportError:
-                    ok = False
-                self.probe_latencies.append(time.perf_counter() - started)
-                self.probe_failures += not ok
-                self._stop.wait(0.02)
-
-    def _sample(self) -> None:
-        process = psutil.Process(self.service.pid)
-        while not self._stop.is_set():
-            self.peak_rss = max(self.peak_rss, process.memory_info().rss)
-            self._stop.wait(0.01)
-
-    @property
-    def slowest_probe(self) -> float:
-        return max(self.probe_latencies, default=0.0)
-
-    @property
-    def rss_growth(self) -> int:
-        return max(0, self.peak_rss - self.start_rss)
-
-
-@contextlib.contextmanager
-def watching(service: ServiceProcess) -> Iterator[Watch]:
-    watch = Watch(service, start_rss=psutil.Process(service.pid).memory_info().rss)
-    threads = [threading.Thread(target=watch._probe), threading.Thread(target=watch._sample)]
-    for thread in threads:
-        thread.start()
-    try:
-        yield watch
-    finally:
-        watch._stop.set()
-        for thread in threads:
-            thread.join()
 
 
 @pytest.fixture(scope="module")

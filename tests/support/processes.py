@@ -11,13 +11,15 @@ import socket
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import httpx
+import psutil
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -197,3 +199,56 @@ def _stop_group(process: subprocess.Popen, graceful: bool) -> None:
     with contextlib.suppress(ProcessLookupError):
         os.killpg(process.pid, signal.SIGKILL)
     process.wait(timeout=10)
+
+
+@dataclass
+class Watch:
+    """Polls /healthz and samples RSS in background threads until stopped."""
+
+    service: ServiceProcess
+    probe_latencies: list[float] = field(default_factory=list)
+    probe_failures: int = 0
+    peak_rss: int = 0
+    start_rss: int = 0
+    _stop: threading.Event = field(default_factory=threading.Event)
+
+    def _probe(self) -> None:
+        with httpx.Client(base_url=self.service.base, timeout=30) as client:
+            while not self._stop.is_set():
+                started = time.perf_counter()
+                try:
+                    ok = client.get("/healthz").status_code == 200
+                except httpx.TransportError:
+                    ok = False
+                self.probe_latencies.append(time.perf_counter() - started)
+                self.probe_failures += not ok
+                self._stop.wait(0.02)
+
+    def _sample(self) -> None:
+        process = psutil.Process(self.service.pid)
+        while not self._stop.is_set():
+            self.peak_rss = max(self.peak_rss, process.memory_info().rss)
+            self._stop.wait(0.01)
+
+    @property
+    def slowest_probe(self) -> float:
+        return max(self.probe_latencies, default=0.0)
+
+    @property
+    def rss_growth(self) -> int:
+        return max(0, self.peak_rss - self.start_rss)
+
+
+@contextmanager
+def watching(service: ServiceProcess) -> Iterator[Watch]:
+    """Watch `service` for the block: its /healthz latency every 20 ms and its peak RSS every 10 ms."""
+    watch = Watch(service, start_rss=psutil.Process(service.pid).memory_info().rss)
+    threads = [threading.Thread(target=watch._probe), threading.Thread(target=watch._sample)]
+    for thread in threads:
+        thread.start()
+    try:
+        yield watch
+    finally:
+        watch._stop.set()
+        for thread in threads:
+            thread.join()

@@ -1,0 +1,151 @@
+"""What each of issue 21's attacks costs the real service: `python -m benchmarks.hostile_bench`.
+
+For every case of the hostile corpus (tests/support/hostile.py) and the request-level attacks (the
+four inflating JSON bombs, 32-image /features JSON, a 44 MB JSON tensor), against `python -m app`
+serving TransXNet-T with its defaults: the status, how long the request took, how much the
+server's RSS grew, and the slowest /healthz answer while it ran (polled every 20 ms). The tests
+(tests/reliability/test_hostile_requests.py) hold the same quantities to generous bounds; this
+prints the measured values for docs/benchmarks.md. Writes benchmarks/results/hostile.md and .json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import sys
+import time
+from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import httpx
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+
+from benchmarks.service_bench import DEFAULT_MODEL, RESULTS, ensure_model  # noqa: E402
+from tests.support.hostile import hostile_cases, zlib_repeating  # noqa: E402
+from tests.support.images import encoded_image  # noqa: E402
+from tests.support.processes import ServiceProcess, service_process, watching  # noqa: E402
+
+MIB = 1 << 20
+
+
+def _post(service: ServiceProcess, path: str, **kwargs: object) -> int:
+    return httpx.post(service.url(path), timeout=120, **kwargs).status_code
+
+
+def _json_bombs(service: ServiceProcess) -> str:
+    prefix = b'{"inputs": [{"name": "images", "datatype": "FP32", "shape": [32, 3, 224, 224], "data": ['
+    bomb = zlib_repeating(prefix, b"0.000000000,", 550_000_000 // 12)
+    headers = {"content-encoding": "deflate", "content-type": "application/json"}
+    with ThreadPoolExecutor(4) as pool:
+        futures = [
+            pool.submit(_post, service, "/v2/models/transxnet_t/infer", content=bomb, headers=headers)
+            for _ in range(4)
+        ]
+        return ",".join(str(future.result()) for future in futures)
+
+
+def _features_json(service: ServiceProcess) -> str:
+    files = [("files", (f"{i}.png", encoded_image(i), "image/png")) for i in range(32)]
+    params = {"outputs": "pooled,stage1,stage2,stage3,stage4"}
+    return str(_post(service, "/features", files=files, params=params))
+
+
+def _json_tensor(service: ServiceProcess) -> str:
+    values = np.random.default_rng(0).normal(size=(10, 3, 224, 224)).astype(np.float32)
+    document = {
+        "inputs": [
+            {
+                "name": "images",
+                "datatype": "FP32",
+                "shape": list(values.shape),
+                "data": values.ravel().tolist(),
+            }
+        ]
+    }
+    body = json.dumps(document).encode()
+    return f"{_post(service, '/v2/models/transxnet_t/infer', content=body)} ({len(body) / MIB:.0f} MiB)"
+
+
+REQUEST_ATTACKS: dict[str, Callable[[ServiceProcess], str]] = {
+    "4 deflate JSON bombs (550 MB each) to /v2": _json_bombs,
+    "/features, every output as JSON, 32 images": _features_json,
+    "/v2 FP32 tensor as JSON, 10 images": _json_tensor,
+}
+
+
+def _measure(service: ServiceProcess, run: Callable[[], str]) -> dict:
+    with watching(service) as watch:
+        started = time.perf_counter()
+        outcome = run()
+        elapsed = time.perf_counter() - started
+    return {
+        "outcome": outcome,
+        "seconds": round(elapsed, 3),
+        "rss_growth_mib": round(watch.rss_growth / MIB, 1),
+        "slowest_healthz_ms": round(watch.slowest_probe * 1000, 1),
+        "healthz_failures": watch.probe_failures,
+    }
+
+
+def run(model: Path) -> list[dict]:
+    rows = []
+    with service_process(model, env={"TRANSXNET_INTRA_OP_THREADS": "0"}) as service:
+        for name, case in sorted(hostile_cases().items()):
+            data = case.build()
+            headers = {"content-type": case.content_type}
+            row = _measure(
+                service,
+                lambda data=data, headers=headers: str(
+                    _post(service, "/classify", content=data, headers=headers)
+                ),
+            )
+            rows.append({"attack": name, "expected": case.status, **row})
+            print(json.dumps(rows[-1]), flush=True)
+        for name, attack in REQUEST_ATTACKS.items():
+            rows.append(
+                {"attack": name, "expected": None, **_measure(service, lambda attack=attack: attack(service))}
+            )
+            print(json.dumps(rows[-1]), flush=True)
+    return rows
+
+
+def markdown(rows: Sequence[dict]) -> str:
+    lines = [
+        "# Hostile inputs: what each attack costs the service",
+        "",
+        f"`python -m benchmarks.hostile_bench` on {platform.processor() or platform.machine()}, "
+        f"{time.strftime('%Y-%m-%d')}: `python -m app` serving TransXNet-T, defaults (2 decode threads).",
+        "",
+        "| attack | status | seconds | RSS growth MiB | slowest /healthz ms |",
+        "|---|---|---:|---:|---:|",
+    ]
+    for row in rows:
+        lines.append(
+            f"| {row['attack']} | {row['outcome']} | {row['seconds']:.2f} | {row['rss_growth_mib']:.0f} | "
+            f"{row['slowest_healthz_ms']:.0f} |"
+        )
+    return "\n".join(lines) + "\n"
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument(
+        "--model", type=Path, default=DEFAULT_MODEL, help="exported ONNX (exported if missing)"
+    )
+    args = parser.parse_args(argv)
+    rows = run(ensure_model(args.model))
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    (RESULTS / "hostile.json").write_text(json.dumps(rows, indent=1) + "\n")
+    (RESULTS / "hostile.md").write_text(markdown(rows))
+    print(markdown(rows))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
