@@ -290,6 +290,15 @@ def service_section(data: dict) -> list[str]:
                 f"{_f(level.get('inference_mean_ms'), '.1f')} | {_f(level['server_cpu_percent'])} | "
                 f"{_f(level['client_cpu_percent'])} | {errors} |"
             )
+    lines += ["", "Where the time goes, at each config's best level:", ""]
+    cores = data.get("environment", {}).get("cpus") or 16
+    for name, config in service["configs"].items():
+        levels = list(config.get("levels", {}).values())
+        if levels:
+            best = max(levels, key=lambda level: level["throughput_img_s"])
+            lines.append(
+                f"- {name}, c={best['concurrency']}: {service_bound(best, config.get('env', {}), cores)}"
+            )
     lines += [
         "",
         "Settings per config: "
@@ -298,6 +307,32 @@ def service_section(data: dict) -> list[str]:
     if service.get("skipped_for_budget"):
         lines.append(f"- skipped for budget: {service['skipped_for_budget']}")
     return [*lines, ""]
+
+
+def service_bound(level: dict, env: dict, cores: int) -> str:
+    """Name what limits one service level, from its own readings (each reading stated)."""
+    workers = int(env.get("TRANSXNET_PREPROCESS_WORKERS", 0)) or max(2, min(4, cores // 2))
+    busy = level.get("model_busy_fraction")
+    cpu = level.get("server_cpu_percent") or 0.0
+    pre = level.get("preprocess_mean_ms")
+    decode_capacity = workers * 1000.0 / pre if pre else None
+    facts = (
+        f"model busy {_f(busy, '.0%')}, server CPU {cpu:.0f}% of {100 * cores}%, client CPU "
+        f"{_f(level.get('client_cpu_percent'))}%, {workers} decode threads at {_f(pre, '.1f')} ms/image "
+        f"= {_f(decode_capacity)} img/s of decoding"
+    )
+    if busy is not None and busy >= 0.9:
+        verdict = "the model (GPU path) is the bound"
+    elif decode_capacity and 0.85 * decode_capacity <= level["throughput_img_s"] <= 1.15 * decode_capacity:
+        verdict = "the decode threads are the bound: more workers (or reduced-scale JPEG decoding)"
+    elif cpu >= 85.0 * cores:
+        verdict = "the CPUs are the bound (decoding, HTTP and the load clients share them)"
+    else:
+        verdict = (
+            "neither GPU nor decoding is saturated: something serialises (the one-process HTTP loop, "
+            "the batcher)"
+        )
+    return f"{facts}: {verdict}"
 
 
 def render(data: dict) -> str:

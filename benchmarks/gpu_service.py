@@ -230,7 +230,8 @@ def drive(
     `window` (wall-clock start, end of the measured part; before it is warm-up)."""
     n = max(1, min(procs, concurrency))
     shares = [concurrency // n + (1 if i < concurrency % n else 0) for i in range(n)]
-    context = multiprocessing.get_context("fork")
+    # spawn, not fork: the parent runs sampler and scraper threads, which fork() must not copy
+    context = multiprocessing.get_context("spawn")
     with context.Pool(n) as pool:
         pending = pool.map_async(
             _client_process, [(url, blobs, c, window, raw_body, i) for i, c in enumerate(shares)]
