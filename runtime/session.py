@@ -295,6 +295,28 @@ def create_session(
     build_options = {TENSORRT: trt_options, CUDA: lambda: cuda_provider_options(device_id=device_id)}
     chain, fallbacks = _provider_chain(providers, available, build_options)
 
+    session, names = _first_session_that_starts(path, options, chain, providers, fallbacks)
+    got = tuple(session.get_providers())
+    fallbacks.extend(_dropped_providers(names, got, providers))
+
+    for reason in fallbacks:
+        logger.warning("provider fallback: %s", reason)
+    logger.info("ONNX Runtime session for %s on %s (requested %s)", path.name, list(got), providers)
+    return LoadedSession(session=session, providers=got, requested=providers, fallbacks=tuple(fallbacks))
+
+
+def _first_session_that_starts(
+    path: Path,
+    options: ort.SessionOptions,
+    chain: list[tuple[str, dict[str, str]]],
+    providers: str,
+    fallbacks: list[str],
+) -> tuple[ort.InferenceSession, list[str]]:
+    """The session on the longest head of `chain` that initialises, and the providers asked for.
+
+    Under "auto" a provider that fails to create the session is dropped (the reason kept in
+    `fallbacks`) and the next is tried; a named provider's failure is `ProviderUnavailableError`; a
+    CPU failure is a broken model and is raised as is."""
     while True:
         names = [name for name, _ in chain]
         try:
@@ -304,25 +326,25 @@ def create_session(
         except Exception as exc:  # ORT raises bare RuntimeError/Fail subclasses from C++
             head = chain[0][0]
             if head == CPU:
-                raise  # a CPU failure is a broken model, not a provider problem
+                raise
             reason = f"{head} failed while creating the session: {type(exc).__name__}: {exc}"
             if providers != "auto":
                 raise ProviderUnavailableError(providers, reason) from exc
             fallbacks.append(reason)
             chain = chain[1:]
             continue
-        break
+        return session, names
 
-    got = tuple(session.get_providers())
+
+def _dropped_providers(names: Sequence[str], got: Sequence[str], providers: str) -> list[str]:
+    """Why each provider asked for is missing from the session (ORT drops one whose libraries fail to
+    load without raising); a named provider's absence is `ProviderUnavailableError`."""
+    reasons = []
     for name in names:
         if name == CPU or name in got:
             continue
         reason = _dropped_reason(name, got)
         if providers != "auto" and _SHORT_NAMES[name] == providers:
             raise ProviderUnavailableError(providers, reason)
-        fallbacks.append(reason)
-
-    for reason in fallbacks:
-        logger.warning("provider fallback: %s", reason)
-    logger.info("ONNX Runtime session for %s on %s (requested %s)", path.name, list(got), providers)
-    return LoadedSession(session=session, providers=got, requested=providers, fallbacks=tuple(fallbacks))
+        reasons.append(reason)
+    return reasons

@@ -23,11 +23,11 @@ import httpx
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from tests.support.fake_model import build_fake_model
 from tests.deploy.manifests import ROOT, SERVICE_CONTAINER, container, env_of, one, pod_spec
 from tests.docker.dockerfile import parse_dockerfile, stage_named
-from tests.support.processes import free_port, running_process, service_env, status_of, wait_for
+from tests.support.fake_model import build_fake_model
 from tests.support.images import encoded_image
+from tests.support.processes import free_port, running_process, service_env, status_of, wait_for
 
 pytestmark = pytest.mark.slow
 
