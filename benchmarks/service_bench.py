@@ -18,6 +18,11 @@ What one run measures, each server in its own process, one at a time (so they ne
 
 `--servers` also takes `service-jpeg-draft` (the service with TRANSXNET_JPEG_REDUCING_GAP=2).
 
+`--transports classify,v2-http,v2-grpc`: the service (gRPC on) under the same load over each of its
+ways in, on the same images and for the same top-5 answer (`benchmarks/transports.py`), at
+`--transport-concurrency` (1, 16, 64), the transports interleaved within each level; its own table
+and plot (`..._transports.png`).
+
 Load: a closed loop of one-JPEG multipart requests (the sample photos re-encoded at 256..1024 px;
 `--corpus phone`: at 4032 px, as a phone uploads them) at concurrency 1, 4, 16, 64. Reported per
 level: throughput, latency p50/p90/p99, errors, the batch-size distribution and mean queue wait /
@@ -58,7 +63,8 @@ from benchmarks.loadgen import (  # noqa: E402
     run_load,
     scrape_histograms,
 )
-from tests.support.processes import service_process  # noqa: E402
+from benchmarks.transports import TRANSPORTS, run_transport  # noqa: E402
+from tests.support.processes import free_port, service_process  # noqa: E402
 
 RESULTS = ROOT / "benchmarks" / "results"
 DEFAULT_MODEL = ROOT / "models" / "transxnet_t.onnx"
@@ -279,6 +285,45 @@ def bench_server(
         "idle_rss_mib": round(idle_rss / 2**20, 1),
         "levels": rows,
     }
+
+
+def bench_transports(
+    model: Path,
+    blobs: Sequence[bytes],
+    transports: Sequence[str],
+    levels: Sequence[int],
+    requests: int,
+    warmup: int,
+) -> list[dict]:
+    """The service with gRPC on, loaded over each transport in turn at each level (interleaved, so
+    drift on a shared machine spreads over all of them); one result per transport, as `bench_server`'s."""
+    grpc_port = free_port()
+    spec = ServerSpec("service", "service", (("TRANSXNET_GRPC_PORT", str(grpc_port)),))
+    results = {name: {"name": name, "env": dict(spec.env), "levels": []} for name in transports}
+    with running_server(spec, model) as (base, pid):
+        where = {"base": base, "grpc_address": f"127.0.0.1:{grpc_port}", "model": model.stem, "blobs": blobs}
+        for name in transports:
+            run_transport(name, concurrency=4, total=warmup, **where)
+        results_idle = ProcessSampler(pid).sample_rss()
+        for concurrency in levels:
+            for name in transports:
+                before = scrape_histograms(base)
+                with ProcessSampler(pid) as sampler:
+                    result, refused = run_transport(
+                        name, concurrency=concurrency, total=max(requests, 2 * concurrency), **where
+                    )
+                row = level_report(result, before, scrape_histograms(base), sampler)
+                row["refused"] = dict(refused)
+                results[name]["levels"].append(row)
+                print(
+                    f"  {name:>9} c={concurrency:<3} {row['throughput_img_s']:6.1f} img/s  "
+                    f"p50 {row['p50_ms']:7.1f}  p99 {row['p99_ms']:7.1f} ms  batch "
+                    f"{row.get('mean_batch_size', '-')}  refused {row['refused'] or 0}",
+                    flush=True,
+                )
+    for result in results.values():
+        result["idle_rss_mib"] = round(results_idle / 2**20, 1)
+    return list(results.values())
 
 
 # --------------------------------------------------------------------------- report
@@ -510,8 +555,36 @@ def markdown(report: dict) -> str:
                     f"{row['p50_ms']:.0f} |"
                     f" {row['p99_ms']:.0f} | {row.get('mean_batch_size', '-')} |"
                 )
+    lines += transports_markdown(report)
     lines += ["", "LitServe: " + LITSERVE_CONFIG, ""]
     return "\n".join(lines)
+
+
+def transports_markdown(report: dict) -> list[str]:
+    if not report.get("transports"):
+        return []
+    lines = [
+        "",
+        "## Transports (the service, gRPC on, the same images, top-5 answers)",
+        "",
+        "| transport | c | img/s | p50 ms | p90 ms | p99 ms | refused | mean batch | server CPU % |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
+    for transport in report["transports"]:
+        for row in transport["levels"]:
+            lines.append(
+                f"| {transport['name']} | {row['concurrency']} | {row['throughput_img_s']:.1f} | "
+                f"{row['p50_ms']:.0f} | {row['p90_ms']:.0f} | {row['p99_ms']:.0f} | "
+                f"{sum(row['refused'].values())} | {row.get('mean_batch_size', '-')} | "
+                f"{row['server_cpu_percent']:.0f} |"
+            )
+    lines += [
+        "",
+        "`classify`: multipart POST /classify; `v2-http`: /v2 infer with binary tensor data; `v2-grpc`: "
+        "ModelInfer over one HTTP/2 channel. Each level runs the three back to back (see "
+        "benchmarks/transports.py).",
+    ]
+    return lines
 
 
 LITSERVE_CONFIG = (
@@ -542,6 +615,33 @@ def plot(report: dict, path: Path) -> None:
         axis.grid(alpha=0.3)
         axis.legend(fontsize=8)
     left.set_ylim(bottom=0)  # differences of a few percent must not look like factors
+    right.set_yscale("log")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def plot_transports(report: dict, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, (left, right) = plt.subplots(1, 2, figsize=(11, 4.2))
+    for transport in report["transports"]:
+        xs = [row["concurrency"] for row in transport["levels"]]
+        left.plot(
+            xs, [row["throughput_img_s"] for row in transport["levels"]], marker="o", label=transport["name"]
+        )
+        right.plot(xs, [row["p99_ms"] for row in transport["levels"]], marker="o", label=transport["name"])
+    for axis, title, unit in ((left, "Throughput", "images/s"), (right, "p99 latency", "ms")):
+        axis.set_xscale("log", base=2)
+        axis.set_xlabel("concurrency (requests in flight)")
+        axis.set_ylabel(unit)
+        axis.set_title(f"{title} by transport ({report['mode']}, {report['machine']['cpus']} CPUs)")
+        axis.grid(alpha=0.3)
+        axis.legend(fontsize=8)
+    left.set_ylim(bottom=0)
     right.set_yscale("log")
     fig.tight_layout()
     fig.savefig(path, dpi=110)
@@ -596,11 +696,20 @@ def main(argv: Sequence[str] | None = None) -> int:
         default=None,
         help="settings sweep (default on in full runs)",
     )
+    parser.add_argument(
+        "--transports", default="", help=f"also load the service over these, from {', '.join(TRANSPORTS)}"
+    )
+    parser.add_argument("--transport-concurrency", default="1,16,64")
     parser.add_argument("--out", type=Path, default=RESULTS)
     args = parser.parse_args(argv)
-    unknown = [name for name in args.servers.split(",") if name not in SERVER_SPECS]
+    unknown = [name for name in args.servers.split(",") if name and name not in SERVER_SPECS]
     if unknown:
         parser.error(f"unknown --servers {unknown}: choose from {', '.join(SERVER_SPECS)}")
+    transports = [name for name in args.transports.split(",") if name]
+    if set(transports) - set(TRANSPORTS):
+        parser.error(
+            f"unknown --transports {sorted(set(transports) - set(TRANSPORTS))}: choose from {TRANSPORTS}"
+        )
 
     model = ensure_model(args.model.resolve())
     levels = [int(c) for c in args.concurrency.split(",") if c]
@@ -645,9 +754,14 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     warmup = 8 if args.quick else WARMUP_REQUESTS
     report["servers"] = []
-    for name in args.servers.split(","):
+    for name in filter(None, args.servers.split(",")):
         print(f"{name}:", flush=True)
         report["servers"].append(bench_server(SERVER_SPECS[name], model, blobs, levels, requests, warmup))
+    report["transports"] = []
+    if transports:
+        print("transports:", flush=True)
+        transport_levels = [int(c) for c in args.transport_concurrency.split(",") if c]
+        report["transports"] = bench_transports(model, blobs, transports, transport_levels, requests, warmup)
     report["sweep"] = []
     if sweep:
         sweep_levels = [c for c in levels if c in (1, 16)] or levels[:1]
@@ -670,6 +784,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     text = markdown(report)
     stem.with_suffix(".md").write_text(text)
     plot(report, stem.with_suffix(".png"))
+    if report["transports"]:
+        plot_transports(report, stem.parent / f"{stem.name}_transports.png")
     print("\n" + text)
     print(f"wrote {stem}.md, .json and .png")
     return 0
