@@ -12,6 +12,7 @@ from onnx import TensorProto, helper, numpy_helper
 from tritonclient.grpc import model_config_pb2
 
 from export.triton import TritonRepositoryError, write_triton_repository
+from model.weights import eval_cfg
 from runtime.metadata import ModelMetadata
 
 SIZE = 32
@@ -68,10 +69,14 @@ def onnx_file(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture(scope="session")
 def metadata() -> ModelMetadata:
+    release = eval_cfg("transxnet_t", 224)  # preprocessing as the export writes it, not defaults
     return ModelMetadata(
         variant="transxnet_t",
         image_size=SIZE,
-        crop_pct=0.9,
+        crop_pct=release.crop_pct,
+        interpolation=release.interpolation,
+        mean=release.mean,
+        std=release.std,
         num_classes=NUM_CLASSES,
         labels=LABELS,
         weights="random-init seed 0",
