@@ -1,11 +1,17 @@
 """Triton's perf_analyzer for the tests, docs examples and benchmarks, installed from PyPI alone.
 
-The tritonclient 2.44.0 wheel is the last to ship the binary (`tritonclient-2.44.0.data/data/bin/
+The tritonclient 2.44.0 wheel ships the binary (`tritonclient-2.44.0.data/data/bin/
 perf_analyzer`). It links Debian's libb64 (`libb64-0d`, in scripts/_system.sh) and CUDA's runtime
 library `libcudart.so.12` even for CPU-only use, which the `nvidia-cuda-runtime-cu12` wheel holds; no
 GPU is needed. The venv keeps its newer tritonclient (the Python client): the two wheels are only
 downloaded (`pip download --no-deps`) and the two files taken out of them into a cache directory,
 once per machine (`$XDG_CACHE_HOME/transxnet-serve/`, else `~/.cache/transxnet-serve/`).
+
+From a shell (docs/v2.md):
+
+    eval "$(python -m tests.support.perf_analyzer env)"      # perf_analyzer on PATH
+    python -m tests.support.perf_analyzer images images.json cat.jpg dog.png
+    python -m tests.support.perf_analyzer tensors tensors.json --size 224
 
 Input data for the service's two inputs: perf_analyzer sends a `b64` value as the tensor's raw bytes,
 so a BYTES element must carry its 4-byte little-endian length before the file's bytes (`image_bytes_data`);
@@ -136,3 +142,46 @@ def tensor_data(images: Sequence[np.ndarray]) -> dict[str, Any]:
 def throughputs(output: str) -> list[float]:
     """Every "Throughput: N infer/sec" that perf_analyzer printed (one per concurrency level)."""
     return [float(value) for value in _THROUGHPUT.findall(output)]
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    """`python -m tests.support.perf_analyzer env|images|tensors ...` (docs/v2.md shows each)."""
+    import argparse
+    import json
+    import shlex
+
+    parser = argparse.ArgumentParser(prog="python -m tests.support.perf_analyzer", description=__doc__)
+    commands = parser.add_subparsers(dest="command", required=True)
+    commands.add_parser(
+        "env", help="install perf_analyzer if needed; print the shell exports that put it on PATH"
+    )
+    images = commands.add_parser("images", help="--input-data JSON of encoded image files (image_bytes)")
+    images.add_argument("out", type=Path)
+    images.add_argument("files", type=Path, nargs="+")
+    tensors = commands.add_parser("tensors", help="--input-data JSON of random preprocessed tensors (images)")
+    tensors.add_argument("out", type=Path)
+    tensors.add_argument("--count", type=int, default=4)
+    tensors.add_argument("--size", type=int, default=224, help="the model's input size S of [3, S, S]")
+    args = parser.parse_args(argv)
+    if args.command == "env":
+        try:
+            found = install()
+        except PerfAnalyzerUnavailableError as exc:
+            sys.exit(f"perf_analyzer: {exc}")
+        missing = found.missing_libraries()
+        if missing:
+            sys.exit(f"perf_analyzer needs {missing}: `apt-get install libb64-0d` (Debian's libb64)")
+        print(f'export PATH={shlex.quote(str(found.binary.parent))}:"$PATH"')
+        print(f'export LD_LIBRARY_PATH={shlex.quote(str(found.lib_dir))}:"${{LD_LIBRARY_PATH:-}}"')
+        return
+    if args.command == "images":
+        data = image_bytes_data([path.read_bytes() for path in args.files])
+    else:
+        rng = np.random.default_rng(0)
+        data = tensor_data([rng.normal(0, 1, (3, args.size, args.size)).round(4) for _ in range(args.count)])
+    args.out.write_text(json.dumps(data))
+    print(f"wrote {args.out}: {len(data['data'])} requests")
+
+
+if __name__ == "__main__":
+    main()
