@@ -25,6 +25,7 @@ from google.protobuf import json_format
 from app.errors import ModelNotFoundError, ServiceError
 from app.http.middleware import valid_request_id
 from app.logging_setup import current_request_id
+from app.pipeline import off_loop
 from app.service import Service
 from app.v2 import model as v2
 from app.v2.grpc import status, wire
@@ -159,7 +160,9 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
         model = v2.resolve_model(service, request.model_name, request.model_version)
         async with service.pipeline.job() as job:
             # The message is in memory already (grpc read it within the receive limit): charge it.
-            job.reserve(request.ByteSize())
-            infer = wire.infer_request(request)
+            size = wire.message_bytes(request)
+            job.reserve(size)
+            # Typed contents are millions of numbers to convert: never on the event loop.
+            infer = await off_loop(size, wire.infer_request, request)
             outputs = await v2.infer(service, job, model, infer, binary_default=True)
             return wire.infer_response(model, infer.id, outputs)

@@ -52,6 +52,30 @@ CONTENTS_FIELD = {
 }
 
 
+#: Bytes per element of each numeric typed-contents field, as the message holds them in memory.
+ITEM_BYTES = {
+    "bool_contents": 1,
+    "int_contents": 4,
+    "int64_contents": 8,
+    "uint_contents": 4,
+    "uint64_contents": 8,
+    "fp32_contents": 4,
+    "fp64_contents": 8,
+}
+
+
+def message_bytes(message: pb.ModelInferRequest) -> int:
+    """The tensor data a request holds in memory (raw contents, typed elements), counted without a
+    walk over its numbers: what the job charges to the memory budget, and what decides whether the
+    translation runs off the event loop."""
+    total = sum(len(raw) for raw in message.raw_input_contents)
+    for tensor in message.inputs:
+        contents = tensor.contents
+        total += sum(size * len(getattr(contents, field)) for field, size in ITEM_BYTES.items())
+        total += sum(len(element) for element in contents.bytes_contents)
+    return total
+
+
 def parameters(params: Mapping[str, pb.InferParameter], what: str) -> dict[str, Any]:
     """A parameter map as plain values; a parameter without a value is refused."""
     values: dict[str, Any] = {}
@@ -96,7 +120,7 @@ def _typed_contents(tensor: pb.ModelInferRequest.InferInputTensor, what: str) ->
     if tensor.datatype == BYTES:
         return serialize_bytes(np.array(list(values), dtype=object))
     try:
-        return np.asarray(values, dtype=NUMPY_TYPES[tensor.datatype]).tobytes()
+        return np.fromiter(values, dtype=NUMPY_TYPES[tensor.datatype], count=len(values)).tobytes()
     except (OverflowError, ValueError) as exc:
         raise ProtocolError(f"{what} has values that are not {tensor.datatype}: {exc}") from None
 

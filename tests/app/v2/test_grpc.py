@@ -384,6 +384,13 @@ HOSTILE = {
         lambda: _request(_tensor(INPUT_NAME, "FP32", [1, 3, 8, 8]), raw=[b"\0" * 4 * 3 * 64]),
         grpc.StatusCode.INVALID_ARGUMENT,
     ),
+    "NaN pixels": (
+        lambda: _request(
+            _tensor(INPUT_NAME, "FP32", [1, 3, IMAGE_SIZE, IMAGE_SIZE]),
+            raw=[np.full((1, 3, IMAGE_SIZE, IMAGE_SIZE), np.nan, np.float32).tobytes()],
+        ),
+        grpc.StatusCode.INVALID_ARGUMENT,
+    ),
     "negative dimension": (
         lambda: _request(_tensor(INPUT_NAME, "FP32", [-1, 3, IMAGE_SIZE, IMAGE_SIZE]), raw=[ONE_IMAGE]),
         grpc.StatusCode.INVALID_ARGUMENT,
