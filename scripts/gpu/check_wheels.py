@@ -79,6 +79,12 @@ def main() -> int:
         for name, parent in closure({r for r in roots if r}).items()
         if name not in carried | present | STAGED_OR_PRESENT
     }
+    requirements = [*project["dependencies"], *project.get("optional-dependencies", {}).get("export", [])]
+    for requirement in map(Requirement, requirements):
+        name = normalise(requirement.name)
+        if requirement.specifier and name in present and name not in carried | STAGED_OR_PRESENT:
+            # not fatal: KINDS.md does not give most versions; the run records them (gpu_env.py)
+            print(f"note: {name}{requirement.specifier} is the GPU machine's own (version unknown here)")
     if missing:
         for name, parent in sorted(missing.items()):
             print(
