@@ -31,6 +31,7 @@ from benchmarks.service_bench import (
     ROOT,
     SERVER_SPECS,
     WARMUP_REQUESTS,
+    ServerSpec,
     bench_server,
     best_batch,
     ensure_model,
@@ -145,7 +146,17 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     parser.add_argument("--corpus", choices=sorted(CORPORA), default="web")
     parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results")
+    parser.add_argument(
+        "--baseline",
+        type=Path,
+        help="another checkout of the project (e.g. `git worktree add /tmp/before <commit>`): adds the "
+        "server `service-baseline`, the service run from that tree",
+    )
     args = parser.parse_args(argv)
+    if args.baseline is not None:
+        SERVER_SPECS["service-baseline"] = ServerSpec(
+            "service-baseline", "service", tree=args.baseline.resolve()
+        )
     names = tuple(args.servers.split(","))
     if len(names) != 2 or len(set(names)) != 2 or not set(names) <= set(SERVER_SPECS):
         parser.error(f"--servers takes two different names from {', '.join(SERVER_SPECS)}")

@@ -91,6 +91,8 @@ class ServerSpec:
     #: The module that runs the service: the real one, or the instrumented one for A/B variants.
     module: str = "app"
     args: tuple[str, ...] = ()
+    #: Another checkout of the project to run the service from (a before/after comparison).
+    tree: Path | None = None
 
     def command(self, model: Path, port: int) -> list[str]:
         if self.kind == "litserve":
@@ -108,7 +110,13 @@ class ServerSpec:
     @property
     def environment(self) -> dict[str, str]:
         # The service's own defaults (every core), not the tests' one intra-op thread.
-        return {"TRANSXNET_INTRA_OP_THREADS": "0", "LITSERVE_DISABLE_TELEMETRY": "1", **dict(self.env)}
+        tree = {"PYTHONPATH": str(self.tree)} if self.tree is not None else {}
+        return {
+            "TRANSXNET_INTRA_OP_THREADS": "0",
+            "LITSERVE_DISABLE_TELEMETRY": "1",
+            **tree,
+            **dict(self.env),
+        }
 
     @property
     def ready_path(self) -> str:
@@ -471,7 +479,7 @@ def bounds_text(report: dict) -> list[str]:
     return lines
 
 
-def markdown(report: dict) -> str:
+def _servers_markdown(report: dict) -> list[str]:
     lines = [
         f"# Service benchmark ({report['mode']})",
         "",
@@ -496,13 +504,11 @@ def markdown(report: dict) -> str:
                 f"{row['p90_ms']:.0f} | {row['p99_ms']:.0f} | {errors} | {row.get('mean_batch_size', '-')} | "
                 f"{row['server_cpu_percent']:.0f} | {row['server_peak_rss_mib']:.0f} |"
             )
-    lines += [
-        "",
-        "## Raw ONNX Runtime (the ceiling)",
-        "",
-        "| batch | img/s | batch p50 ms |",
-        "|---|---|---|",
-    ]
+    return lines
+
+
+def _ceiling_and_batches_markdown(report: dict) -> list[str]:
+    lines = ["", "## Raw ONNX Runtime (the ceiling)", "", "| batch | img/s | batch p50 ms |", "|---|---|---|"]
     for size, row in report["ceiling"]["batch_sizes"].items():
         lines.append(f"| {size} | {row['images_per_s']:.1f} | {row['batch_ms_p50']:.1f} |")
     lines += [
@@ -519,7 +525,11 @@ def markdown(report: dict) -> str:
                     f"| {server['name']} | {row['concurrency']} | {row['batches']} | "
                     f"{row['batch_size_histogram']} |"
                 )
-    lines += [
+    return lines
+
+
+def _preprocessing_and_targets_markdown(report: dict) -> list[str]:
+    lines = [
         "",
         "## Preprocessing per image (single-threaded, on the corpus)",
         "",
@@ -539,24 +549,48 @@ def markdown(report: dict) -> str:
     lines += ["", "## Targets", "", "| target | measured | met |", "|---|---|---|"]
     for target in report["targets"]:
         lines.append(f"| {target['target']} | {target['measured']} | {'yes' if target['met'] else 'NO'} |")
-    lines += ["", "## Where the time goes (service)", "", *time_breakdown(report), "", *bounds_text(report)]
-    if report.get("sweep"):
-        lines += [
-            "",
-            "## Settings sweep (service)",
-            "",
-            "| settings | c | img/s | p50 ms | p99 ms | mean batch |",
-            "|---|---|---|---|---|---|",
-        ]
-        for server in report["sweep"]:
-            for row in server["levels"]:
-                lines.append(
-                    f"| {server['name']} | {row['concurrency']} | {row['throughput_img_s']:.1f} | "
-                    f"{row['p50_ms']:.0f} |"
-                    f" {row['p99_ms']:.0f} | {row.get('mean_batch_size', '-')} |"
-                )
-    lines += transports_markdown(report)
-    lines += ["", "LitServe: " + LITSERVE_CONFIG, ""]
+    return [
+        *lines,
+        "",
+        "## Where the time goes (service)",
+        "",
+        *time_breakdown(report),
+        "",
+        *bounds_text(report),
+    ]
+
+
+def _sweep_markdown(report: dict) -> list[str]:
+    if not report.get("sweep"):
+        return []
+    lines = [
+        "",
+        "## Settings sweep (service)",
+        "",
+        "| settings | c | img/s | p50 ms | p99 ms | mean batch |",
+        "|---|---|---|---|---|---|",
+    ]
+    for server in report["sweep"]:
+        for row in server["levels"]:
+            lines.append(
+                f"| {server['name']} | {row['concurrency']} | {row['throughput_img_s']:.1f} | "
+                f"{row['p50_ms']:.0f} |"
+                f" {row['p99_ms']:.0f} | {row.get('mean_batch_size', '-')} |"
+            )
+    return lines
+
+
+def markdown(report: dict) -> str:
+    lines = [
+        *_servers_markdown(report),
+        *_ceiling_and_batches_markdown(report),
+        *_preprocessing_and_targets_markdown(report),
+        *_sweep_markdown(report),
+        *transports_markdown(report),
+        "",
+        "LitServe: " + LITSERVE_CONFIG,
+        "",
+    ]
     return "\n".join(lines)
 
 
@@ -673,7 +707,7 @@ def ensure_model(model: Path) -> Path:
     return model
 
 
-def main(argv: Sequence[str] | None = None) -> int:
+def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description="Benchmark the service against raw ORT and LitServe.")
     parser.add_argument(
         "--model", type=Path, default=DEFAULT_MODEL, help="exported ONNX (exported if missing)"
@@ -705,16 +739,44 @@ def main(argv: Sequence[str] | None = None) -> int:
     unknown = [name for name in args.servers.split(",") if name and name not in SERVER_SPECS]
     if unknown:
         parser.error(f"unknown --servers {unknown}: choose from {', '.join(SERVER_SPECS)}")
-    transports = [name for name in args.transports.split(",") if name]
-    if set(transports) - set(TRANSPORTS):
+    args.transport_list = [name for name in args.transports.split(",") if name]
+    if set(args.transport_list) - set(TRANSPORTS):
         parser.error(
-            f"unknown --transports {sorted(set(transports) - set(TRANSPORTS))}: choose from {TRANSPORTS}"
+            f"unknown --transports {sorted(set(args.transport_list) - set(TRANSPORTS))}: "
+            f"choose from {TRANSPORTS}"
         )
+    return args
 
-    model = ensure_model(args.model.resolve())
+
+def run_servers(report: dict, args: argparse.Namespace, model: Path, blobs: list[bytes]) -> None:
+    """The servers, the transports and the sweep, each in fresh processes, into `report`."""
     levels = [int(c) for c in args.concurrency.split(",") if c]
-    requests = args.requests or (32 if args.quick else 240)
+    requests = report["requests_per_level"]
+    warmup = 8 if args.quick else WARMUP_REQUESTS
     sweep = (not args.quick) if args.sweep is None else args.sweep
+    transports = args.transport_list
+    report["servers"] = []
+    for name in filter(None, args.servers.split(",")):
+        print(f"{name}:", flush=True)
+        report["servers"].append(bench_server(SERVER_SPECS[name], model, blobs, levels, requests, warmup))
+    report["transports"] = []
+    if transports:
+        print("transports:", flush=True)
+        transport_levels = [int(c) for c in args.transport_concurrency.split(",") if c]
+        report["transports"] = bench_transports(model, blobs, transports, transport_levels, requests, warmup)
+    report["sweep"] = []
+    if sweep:
+        sweep_levels = [c for c in levels if c in (1, 16)] or levels[:1]
+        print("settings sweep:", flush=True)
+        for name, env in SWEEP:
+            spec = ServerSpec(name, "service", tuple(env.items()))
+            report["sweep"].append(bench_server(spec, model, blobs, sweep_levels, requests, warmup))
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = parse_args(argv)
+    model = ensure_model(args.model.resolve())
+    requests = args.requests or (32 if args.quick else 240)
     mode = "quick" if args.quick else "full"
     loadavg = os.getloadavg()
     if loadavg[0] > 0.5:
@@ -752,23 +814,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             f"({row['batch_ms_p50']:.0f} ms/batch)"
         )
 
-    warmup = 8 if args.quick else WARMUP_REQUESTS
-    report["servers"] = []
-    for name in filter(None, args.servers.split(",")):
-        print(f"{name}:", flush=True)
-        report["servers"].append(bench_server(SERVER_SPECS[name], model, blobs, levels, requests, warmup))
-    report["transports"] = []
-    if transports:
-        print("transports:", flush=True)
-        transport_levels = [int(c) for c in args.transport_concurrency.split(",") if c]
-        report["transports"] = bench_transports(model, blobs, transports, transport_levels, requests, warmup)
-    report["sweep"] = []
-    if sweep:
-        sweep_levels = [c for c in levels if c in (1, 16)] or levels[:1]
-        print("settings sweep:", flush=True)
-        for name, env in SWEEP:
-            spec = ServerSpec(name, "service", tuple(env.items()))
-            report["sweep"].append(bench_server(spec, model, blobs, sweep_levels, requests, warmup))
+    run_servers(report, args, model, blobs)
     # Other work starting mid-run shows here even when the machine was quiet at the start.
     report["machine"]["loadavg_after"] = [round(x, 2) for x in os.getloadavg()]
     report["targets"] = evaluate_targets(report)
