@@ -140,7 +140,13 @@ def wait_ready(service: RunningService) -> int | None:
 def run_service(argv: Sequence[str], env: dict[str, str], cwd: Path, log: Path) -> Iterator[RunningService]:
     """Start the service as the container would, on a free loopback port; SIGTERM it afterwards."""
     port = free_port()
-    env = {**env, "TRANSXNET_HOST": "127.0.0.1", "TRANSXNET_PORT": str(port)}
+    # gRPC on a free port too: the image's 8001 may be taken by another test's service.
+    env = {
+        **env,
+        "TRANSXNET_HOST": "127.0.0.1",
+        "TRANSXNET_PORT": str(port),
+        "TRANSXNET_GRPC_PORT": str(free_port()),
+    }
     with log.open("w") as sink:
         process = subprocess.Popen(
             list(argv), cwd=cwd, env=env, stdout=sink, stderr=subprocess.STDOUT, text=True
