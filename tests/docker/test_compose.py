@@ -4,9 +4,6 @@ settings, and the load balancer's limits agree with the service's."""
 from __future__ import annotations
 
 import re
-import shutil
-import subprocess
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -14,7 +11,7 @@ import pytest
 from app.http.middleware import REQUEST_ID_HEADER
 from app.pipeline import Limits
 from app.settings import ENV_PREFIX, Settings
-from tests.docker.conftest import COMPOSE_FILE, ROOT
+from tests.docker.conftest import ROOT
 from tests.docker.dockerfile import Stage
 
 SERVICE_PORT = 8000
@@ -203,39 +200,6 @@ def test_nginx_forwards_and_logs_the_same_request_id_the_service_echoes(nginx_co
     log_name = _directive(nginx_conf, "access_log").split()[1]
     log_format = re.search(rf"log_format\s+{log_name}\s+([^;]+);", nginx_conf).group(1)
     assert f"${variable}" in log_format
-
-
-# --- the Compose CLI itself ---------------------------------------------------------------------
-
-
-def _compose_cli() -> list[str] | None:
-    if shutil.which("docker"):
-        probe = subprocess.run(["docker", "compose", "version"], capture_output=True, check=False)
-        if probe.returncode == 0:
-            return ["docker", "compose"]
-    if shutil.which("docker-compose"):
-        return ["docker-compose"]
-    return None
-
-
-@pytest.mark.parametrize("profiles", [[], ["gpu"], ["scale"], ["gpu", "scale"]])
-def test_compose_cli_accepts_the_file(profiles: list[str]) -> None:
-    cli = _compose_cli()
-    if cli is None:
-        pytest.skip("neither the `docker compose` plugin nor docker-compose is installed")
-    flags = [arg for profile in profiles for arg in ("--profile", profile)]
-    done = subprocess.run(
-        [*cli, "-f", str(COMPOSE_FILE), *flags, "config", "--services"],
-        capture_output=True,
-        text=True,
-        check=False,
-        cwd=Path(COMPOSE_FILE).parent,
-    )
-    assert done.returncode == 0, done.stderr
-    by_profile = {"gpu": {"transxnet-gpu"}, "scale": {"transxnet-replica", "nginx"}}
-    expected = {"transxnet"}.union(*(by_profile[p] for p in profiles))
-    # docker-compose v1 lists every service whatever the profiles; the plugin lists the active ones.
-    assert expected <= set(done.stdout.split())
 
 
 def test_deploy_doc_lists_every_setting_with_its_default() -> None:

@@ -9,6 +9,7 @@ import pytest
 from onnx import TensorProto, helper
 
 from runtime.metadata import INPUT_NAME, ModelMetadata
+from tests.support.metadata import make_metadata
 
 IMAGE_SIZE = 8
 
@@ -31,15 +32,8 @@ def _relu_model(*, static_size: int | None, props: dict[str, str] | None = None)
 
 @pytest.fixture(scope="session")
 def metadata() -> ModelMetadata:
-    return ModelMetadata(
-        variant="transxnet_t",
-        image_size=12,
-        crop_pct=0.9,
-        num_classes=3,
-        labels=("cat", "dog", "fish"),
-        weights="random-init seed 0",
-        pretrained=False,
-        embed_dim=4,
+    return make_metadata(
+        variant="transxnet_t", image_size=12, num_classes=3, labels=("cat", "dog", "fish"), embed_dim=4
     )
 
 

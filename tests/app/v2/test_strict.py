@@ -30,6 +30,30 @@ def image_bytes_request(*, id_: object = "r1", name: str = "image_bytes", data: 
     }
 
 
+def with_image(document: dict, blob: bytes) -> tuple[bytes, dict[str, str]]:
+    """`document` followed by `blob` as the binary `image_bytes` input it describes."""
+    header = json.dumps(document).encode()
+    return header + len(blob).to_bytes(4, "little") + blob, {HEADER: str(len(header))}
+
+
+def image_document(outputs: list[dict], **parameters: object) -> dict:
+    blob_size = 4 + len(encoded_image(3))
+    document = {
+        "inputs": [
+            {
+                "name": "image_bytes",
+                "datatype": "BYTES",
+                "shape": [1],
+                "parameters": {"binary_data_size": blob_size},
+            }
+        ],
+        "outputs": outputs,
+    }
+    if parameters:
+        document["parameters"] = parameters
+    return document
+
+
 def assert_protocol_error(response: httpx.Response, fragment: str) -> None:
     assert response.status_code == 400, response.text
     body = response.json()
@@ -111,21 +135,9 @@ async def test_a_transfer_coding_other_than_chunked_is_refused(client) -> None:
 
 
 async def test_classification_is_clamped_to_the_class_count(client) -> None:
-    blob = encoded_image(3)
-    document = {
-        "inputs": [
-            {
-                "name": "image_bytes",
-                "datatype": "BYTES",
-                "shape": [1],
-                "parameters": {"binary_data_size": 4 + len(blob)},
-            }
-        ],
-        "outputs": [{"name": "stage1", "parameters": {"classification": 10**9}}],
-    }
-    header = json.dumps(document).encode()
-    body = header + len(blob).to_bytes(4, "little") + blob
-    response = await client.post(INFER, content=body, headers={HEADER: str(len(header))})
+    document = image_document([{"name": "stage1", "parameters": {"classification": 10**9}}])
+    body, headers = with_image(document, encoded_image(3))
+    response = await client.post(INFER, content=body, headers=headers)
     assert response.status_code == 200, response.text
     (output,) = response.json()["outputs"]
     assert output["shape"] == [1, NUM_CLASSES]  # not the 25,088 values of stage1
@@ -133,31 +145,14 @@ async def test_classification_is_clamped_to_the_class_count(client) -> None:
 
 async def test_a_json_response_past_its_cap_points_at_binary_outputs(client, monkeypatch) -> None:
     monkeypatch.setattr(protocol, "MAX_JSON_VALUES", 1000)
-    blob = encoded_image(4)
-    document = {
-        "inputs": [
-            {
-                "name": "image_bytes",
-                "datatype": "BYTES",
-                "shape": [1],
-                "parameters": {"binary_data_size": 4 + len(blob)},
-            }
-        ],
-        "outputs": [{"name": "logits"}],  # 1000 values: at the cap
-    }
-    header = json.dumps(document).encode()
-    body = header + len(blob).to_bytes(4, "little") + blob
-    assert (await client.post(INFER, content=body, headers={HEADER: str(len(header))})).status_code == 200
-    document["outputs"] = [{"name": "logits"}, {"name": "pooled"}]
-    header = json.dumps(document).encode()
-    body = header + len(blob).to_bytes(4, "little") + blob
-    response = await client.post(INFER, content=body, headers={HEADER: str(len(header))})
-    assert_protocol_error(response, "binary data")
+    at_cap = with_image(image_document([{"name": "logits"}]), encoded_image(3))  # 1000 values
+    assert (await client.post(INFER, content=at_cap[0], headers=at_cap[1])).status_code == 200
+    both = image_document([{"name": "logits"}, {"name": "pooled"}])
+    past = with_image(both, encoded_image(3))
+    assert_protocol_error(await client.post(INFER, content=past[0], headers=past[1]), "binary data")
     # The same outputs as binary data are fine.
-    document["parameters"] = {"binary_data_output": True}
-    header = json.dumps(document).encode()
-    body = header + len(blob).to_bytes(4, "little") + blob
-    assert (await client.post(INFER, content=body, headers={HEADER: str(len(header))})).status_code == 200
+    binary = with_image(image_document(both["outputs"], binary_data_output=True), encoded_image(3))
+    assert (await client.post(INFER, content=binary[0], headers=binary[1])).status_code == 200
 
 
 async def test_a_json_request_with_more_values_than_a_full_request_is_413_before_parsing(client) -> None:
