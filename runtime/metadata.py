@@ -21,9 +21,6 @@ INPUT_NAME = "images"
 STAGE_OUTPUTS = ("stage1", "stage2", "stage3", "stage4")
 OUTPUT_NAMES = ("logits", "pooled", *STAGE_OUTPUTS)
 
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
-
 #: Bump when the meaning of a key changes; readers refuse versions they do not know.
 SCHEMA_VERSION = 1
 
@@ -41,9 +38,9 @@ class ModelMetadata(BaseModel):
     variant: str = Field(description="Canonical variant name, e.g. 'transxnet_t'.")
     image_size: int = Field(gt=0, description="Square input side the graph was exported for.")
     crop_pct: float = Field(gt=0, le=1)
-    interpolation: str = "bicubic"
-    mean: tuple[float, float, float] = IMAGENET_MEAN
-    std: tuple[float, float, float] = IMAGENET_STD
+    interpolation: str = Field(description="Resize interpolation of the weights' eval transform.")
+    mean: tuple[float, float, float] = Field(description="Normalisation mean per channel (RGB).")
+    std: tuple[float, float, float] = Field(description="Normalisation std per channel (RGB).")
     num_classes: int = Field(gt=0)
     labels: tuple[str, ...]
     weights: str = Field(description="Provenance: 'file.pth.tar sha256:<hex>' or 'random-init seed N'.")

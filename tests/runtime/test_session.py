@@ -260,6 +260,16 @@ def test_read_metadata_of_a_foreign_model_says_how_to_export(tiny_model: Path) -
         read_metadata(loaded.session)
 
 
+@pytest.mark.parametrize("missing", ["interpolation", "mean", "std"])
+def test_metadata_without_its_preprocessing_is_refused_not_assumed_imagenet(
+    metadata: ModelMetadata, missing: str
+) -> None:
+    props = metadata.to_props()
+    del props[f"transxnet.{missing}"]
+    with pytest.raises(MetadataError, match=missing):
+        ModelMetadata.from_props(props)
+
+
 def test_runtime_session_module_imports_neither_torch_nor_onnx() -> None:
     code = (
         "import sys, runtime.session; "

@@ -5,6 +5,10 @@ from __future__ import annotations
 from runtime.metadata import ModelMetadata
 
 NUM_CLASSES = 1000
+#: ImageNet's normalisation, as the release weights use it (model/weights.py is the source of truth;
+#: these tests do not import torch-side code).
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
 
 
 def make_metadata(**overrides: object) -> ModelMetadata:
@@ -22,8 +26,9 @@ def make_metadata(**overrides: object) -> ModelMetadata:
         "pretrained": False,
         "embed_dim": 32,
         "exporter": "tests/support",
-        "mean": (0.485, 0.456, 0.406),
-        "std": (0.229, 0.224, 0.225),
+        "interpolation": "bicubic",
+        "mean": IMAGENET_MEAN,
+        "std": IMAGENET_STD,
     }
     fields.update(overrides)
     return ModelMetadata(**fields)  # type: ignore[arg-type]

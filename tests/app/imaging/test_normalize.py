@@ -8,8 +8,7 @@ import pytest
 from app.imaging import (
     ImagePreprocessor,
 )
-from runtime.metadata import IMAGENET_MEAN, IMAGENET_STD
-from tests.support.metadata import make_metadata
+from tests.support.metadata import IMAGENET_MEAN, IMAGENET_STD, make_metadata
 
 
 def test_normalisation_is_bitwise_equal_to_torch_to_tensor_and_normalize(

@@ -22,9 +22,8 @@ from PIL import Image, ImageFile
 from app.imaging import (
     ImagePreprocessor,
 )
-from runtime.metadata import IMAGENET_MEAN, IMAGENET_STD
 from tests.app.imaging.conftest import PHOTOS, REFERENCE_KEYS, make_preprocessor
-from tests.support.metadata import make_metadata
+from tests.support.metadata import IMAGENET_MEAN, IMAGENET_STD, make_metadata
 
 
 def test_reference_covers_every_photo_and_configuration(reference: dict[str, np.ndarray]) -> None:
