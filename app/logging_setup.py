@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 import sys
+import uuid
 from contextvars import ContextVar
 from datetime import datetime, timezone
 
@@ -13,6 +15,18 @@ _STANDARD_ATTRS = set(vars(logging.makeLogRecord({}))) | {"message", "asctime", 
 #: The ID of the request being handled (set by the service's outermost middleware), so every line
 #: logged on its behalf, uvicorn's access line included, can be matched to what the client saw.
 current_request_id: ContextVar[str | None] = ContextVar("current_request_id", default=None)
+
+# What a proxy or client may send as its request ID: printable ASCII without spaces (UUIDs, nginx's
+# $request_id, trace headers), short enough for a log line. Anything else is replaced, not echoed.
+_VALID_REQUEST_ID = re.compile(r"[\x21-\x7e]{1,128}")
+
+
+def valid_request_id(candidate: str | None) -> str:
+    """The client's (or proxy's) request ID when it is sane, else a new random one; every transport
+    asks here, so HTTP headers and gRPC metadata follow one rule."""
+    if candidate is not None and _VALID_REQUEST_ID.fullmatch(candidate):
+        return candidate
+    return uuid.uuid4().hex
 
 
 class RequestIdFilter(logging.Filter):

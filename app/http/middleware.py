@@ -4,31 +4,19 @@ and an unexpected exception turned into a 500 `internal_error` (traceback logged
 from __future__ import annotations
 
 import logging
-import re
 import time
-import uuid
 
 from fastapi.responses import JSONResponse
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from app.http.errors import error_body
-from app.logging_setup import current_request_id
+from app.logging_setup import current_request_id, valid_request_id
 from app.metrics import ServiceMetrics
 
 logger = logging.getLogger(__name__)
 
 REQUEST_ID_HEADER = "x-request-id"
 _REQUEST_ID_HEADER_BYTES = REQUEST_ID_HEADER.encode()  # ASGI header names are lower-case bytes
-# What a proxy or client may send as its request ID: printable ASCII without spaces (UUIDs, nginx's
-# $request_id, trace headers), short enough for a log line. Anything else is replaced, not echoed.
-_VALID_REQUEST_ID = re.compile(r"[\x21-\x7e]{1,128}")
-
-
-def valid_request_id(candidate: str | None) -> str:
-    """The client's (or proxy's) request ID when it is sane, else a new random one."""
-    if candidate is not None and _VALID_REQUEST_ID.fullmatch(candidate):
-        return candidate
-    return uuid.uuid4().hex
 
 
 def request_id_of(scope: Scope) -> str:

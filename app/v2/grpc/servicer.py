@@ -23,8 +23,7 @@ import grpc
 from google.protobuf import json_format
 
 from app.errors import ModelNotFoundError, ServiceError
-from app.http.middleware import valid_request_id
-from app.logging_setup import current_request_id
+from app.logging_setup import current_request_id, valid_request_id
 from app.pipeline import off_loop
 from app.service import Service
 from app.v2 import model as v2
