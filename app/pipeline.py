@@ -119,9 +119,10 @@ class Limits:
 
 
 class ByteBudget:
-    """Request bytes held in memory across all requests at once (bodies being read, images decoded
-    and waiting for their batch). Beyond it a request is refused with 503 instead of growing the
-    process until the kernel kills it. Thread-safe: decode threads reserve too."""
+    """Request bytes held in memory across all requests at once: bodies being read, decodes running,
+    decoded images waiting for their batch, parsed JSON. Beyond it a request is refused with 503
+    instead of growing the process until the kernel kills it. Thread-safe: decode threads reserve
+    too."""
 
     def __init__(self, limit: int) -> None:
         if limit <= 0:
@@ -262,6 +263,7 @@ class Pipeline:
         pool: DecodePool,
         batcher: Batcher,
         metrics: ServiceMetrics,
+        budget: ByteBudget | None = None,
     ) -> None:
         self.limits = limits
         self.readiness = readiness
@@ -269,7 +271,8 @@ class Pipeline:
         self.pool = pool
         self.batcher = batcher
         self.metrics = metrics
-        self.budget = ByteBudget(limits.max_inflight_bytes)
+        #: Shared with the decoder, which charges each decode's peak memory while it runs.
+        self.budget = budget or ByteBudget(limits.max_inflight_bytes)
 
     @contextlib.asynccontextmanager
     async def job(self) -> AsyncIterator[Job]:

@@ -5,11 +5,11 @@ compact `.npz` for /features. Everything here is cheap next to inference; the JS
 from __future__ import annotations
 
 import io
-import json
 from collections.abc import Sequence
 
 import numpy as np
 
+from app import jsonio
 from app.batching import ImageResult
 from runtime.metadata import ModelMetadata
 
@@ -78,4 +78,5 @@ def features_npz(results: Sequence[ImageResult], outputs: Sequence[str]) -> byte
 
 
 def dumps(payload: dict) -> bytes:
-    return json.dumps(payload, separators=(",", ":"), ensure_ascii=False, allow_nan=False).encode()
+    """Compact JSON, encoded in slices that leave the GIL to the event loop (`app.jsonio`)."""
+    return jsonio.dumps(payload)

@@ -22,7 +22,7 @@ import numpy as np
 from app.batching import Batcher, ModelRunner
 from app.imaging import DecodePool, ImagePreprocessor
 from app.metrics import ServiceMetrics
-from app.pipeline import Limits, Pipeline
+from app.pipeline import ByteBudget, Limits, Pipeline
 from app.readiness import Readiness
 from app.runner import OnnxRunner
 from app.settings import ENV_PREFIX, Settings, check_model_file
@@ -166,6 +166,7 @@ def build_service(
     lone_batch_threads = settings.lone_batch_threads(cpu_only=loaded.providers == ("CPUExecutionProvider",))
     workers = settings.resolved_preprocess_workers
     pool = DecodePool(workers, thread_name_prefix="preprocess")
+    budget = ByteBudget(settings.max_inflight_bytes)
     preprocessor = ImagePreprocessor(
         metadata,
         max_image_bytes=settings.max_image_bytes,
@@ -173,6 +174,7 @@ def build_service(
         jpeg_reducing_gap=settings.jpeg_reducing_gap,
         # Half of a large resize goes to another decode thread when one is idle (none with one).
         offload=pool.submit_if_idle if split_resize and workers > 1 else None,
+        memory=budget,
     )
     if settings.jpeg_reducing_gap:
         logger.info(
@@ -199,6 +201,7 @@ def build_service(
         pool=pool,
         batcher=batcher,
         metrics=metrics,
+        budget=budget,
     )
     logger.info(
         "serving %s (%s) from %s with %d model instance(s), %s intra-op thread(s) each",

@@ -109,6 +109,9 @@ async def stream_body(
                     raise _too_large(what, f"more than {limit}", limit, hint)
                 job.reserve(len(piece))
                 yield piece
+                if inflater is not None:
+                    # One compressed chunk can inflate to a hundred pieces: let the loop run between.
+                    await asyncio.sleep(0)
         for piece in _decoded(inflater, b"", drain=True):
             total += len(piece)
             if total > limit:

@@ -37,15 +37,23 @@ Deliberate decisions a caller must know:
 
 from __future__ import annotations
 
+import contextlib
 import io
 import logging
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from typing import Protocol
 
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
-from app.errors import ImageDecodeError, PayloadTooLargeError, ServiceError, UnsupportedMediaTypeError
+from app.errors import (
+    ImageDecodeError,
+    OverloadedError,
+    PayloadTooLargeError,
+    ServiceError,
+    UnsupportedMediaTypeError,
+)
 from app.imaging.geometry import resized_size
 from app.imaging.inspect import ImageHeader, inspect_image
 from app.imaging.sniff import ACCEPTED_FORMATS_TEXT
@@ -62,10 +70,20 @@ __all__ = [
     "SUPPORTED_FORMATS",
     "GeometryCheck",
     "ImageDecoder",
+    "MemoryBudget",
 ]
 
 #: Raises `PayloadTooLargeError` for a (width, height) whose later processing would be too large.
 GeometryCheck = Callable[[int, int], None]
+
+
+class MemoryBudget(Protocol):
+    """Where a decode charges its peak memory while it runs (the service's request budget)."""
+
+    def try_reserve(self, size: int) -> bool: ...
+
+    def release(self, size: int) -> None: ...
+
 
 #: Peak memory of one decode, per pixel of `max_image_pixels`: twice an 8-bit RGB image, what an
 #: RGBA or CMYK image and its RGB conversion take (320 MB at the default 40 Mpixel).
@@ -133,6 +151,7 @@ class ImageDecoder:
         resize_size: int,
         jpeg_reducing_gap: float = 0.0,
         check_geometry: GeometryCheck | None = None,
+        memory: MemoryBudget | None = None,
     ) -> None:
         if max_image_bytes <= 0:
             raise ValueError(f"max_image_bytes must be positive, got {max_image_bytes}")
@@ -146,6 +165,7 @@ class ImageDecoder:
         self.resize_size = resize_size
         self.jpeg_reducing_gap = jpeg_reducing_gap
         self.check_geometry = check_geometry
+        self.memory = memory
         self.max_decode_bytes = DECODE_BYTES_PER_PIXEL * max_image_pixels
 
     def __call__(self, data: bytes) -> Image.Image:
@@ -160,7 +180,30 @@ class ImageDecoder:
         format we do not decode, `ImageDecodeError` (400) for empty, random, truncated or corrupt
         data. No Pillow exception escapes.
         """
-        image = self._open(data)
+        image, header = self._open(data)
+        with self._charged(header.decode_bytes):
+            return self._decoded(image)
+
+    @contextlib.contextmanager
+    def _charged(self, size: int) -> Iterator[None]:
+        """Hold `size` bytes of the memory budget while the pixels are decoded and converted: the
+        decodes running at once never take more than the budget leaves (503 beyond it)."""
+        if self.memory is None:
+            yield
+            return
+        if not self.memory.try_reserve(size):
+            raise OverloadedError(
+                f"decoding this image takes about {size // 2**20} MiB, more than the memory budget "
+                "(TRANSXNET_MAX_INFLIGHT_BYTES) has free now: retry shortly",
+                retry_after_s=1,
+            )
+        try:
+            yield
+        finally:
+            self.memory.release(size)
+
+    def _decoded(self, image: Image.Image) -> Image.Image:
+        """Decode, orient and convert to RGB an image whose header passed every check."""
         self._load(image)
         try:
             ImageOps.exif_transpose(image, in_place=True)
@@ -187,7 +230,7 @@ class ImageDecoder:
             image.close()  # frees the decoded pixels now rather than after the resize
         return rgb
 
-    def _open(self, data: bytes) -> Image.Image:
+    def _open(self, data: bytes) -> tuple[Image.Image, ImageHeader]:
         """Inspect the header and check it against the limits, then let Pillow parse it (its one
         reader for the sniffed format; no pixel is decoded yet)."""
         if len(data) > self.max_image_bytes:
@@ -224,7 +267,7 @@ class ImageDecoder:
             )
         # Again on Pillow's own reading of the header, in case it differs from ours.
         self._check_size(*image.size)
-        return image
+        return image, header
 
     def _check_memory(self, header: ImageHeader) -> None:
         """The decode's peak memory, bounded at `DECODE_BYTES_PER_PIXEL` per pixel of the limit.

@@ -15,7 +15,7 @@ import logging
 import numpy as np
 from PIL import Image, ImageFile
 
-from app.imaging.decode import ImageDecoder
+from app.imaging.decode import ImageDecoder, MemoryBudget
 from app.imaging.geometry import Offload, ResizeCrop
 from app.imaging.native import silence_libtiff
 from app.imaging.normalize import Normalizer
@@ -29,7 +29,8 @@ class ImagePreprocessor:
 
     Holds no mutable state after `__init__`: call it from any number of threads (Pillow releases the
     GIL while decoding and resizing). `offload` lets a large resize borrow an idle thread
-    (`DecodePool.submit_if_idle`), bit-identically.
+    (`DecodePool.submit_if_idle`), bit-identically; `memory` is charged each decode's peak memory
+    while it runs (the service's request budget).
     """
 
     def __init__(
@@ -40,6 +41,7 @@ class ImagePreprocessor:
         max_image_pixels: int,
         jpeg_reducing_gap: float = 0.0,
         offload: Offload | None = None,
+        memory: MemoryBudget | None = None,
     ) -> None:
         if metadata.interpolation != "bicubic":
             raise ValueError(
@@ -63,6 +65,7 @@ class ImagePreprocessor:
             # The resize's own size limit, checked on the header: an extreme aspect ratio is refused
             # before its pixels are decoded, not after (a 1x4.9M TIFF cost 38 s and 1.3 GB first).
             check_geometry=self.transform.check,
+            memory=memory,
         )
         self.normalize = Normalizer(metadata.mean, metadata.std)
         _warn_about_process_wide_pillow_settings(max_image_pixels)

@@ -31,6 +31,7 @@ from typing import Any
 
 import numpy as np
 
+from app import jsonio
 from app.errors import InferenceError, InvalidParameterError, ProtocolError, UnsupportedFeatureError
 
 #: The request/response header that splits the JSON header from the binary buffers.
@@ -361,6 +362,8 @@ def decode_numeric(item: RequestInput) -> np.ndarray:
                 f"of {item.datatype} needs {expected}"
             )
         return np.frombuffer(item.binary, dtype=dtype).reshape(item.shape)
+    if isinstance(item.data, np.ndarray):  # decoded already, where a large body was parsed
+        return item.data
     values = _flatten(item.data)
     if len(values) != count:
         raise ProtocolError(
@@ -496,7 +499,7 @@ def encode_infer_response(
         document["id"] = request_id
     document["outputs"] = described
     try:
-        header = json.dumps(document, separators=(",", ":"), ensure_ascii=False, allow_nan=False).encode()
+        header = jsonio.dumps(document)
     except ValueError:
         raise InferenceError(
             "the model's outputs hold NaN or infinity, which JSON cannot carry: ask for binary outputs "

@@ -20,7 +20,6 @@ from app.v2.protocol import (
     HEADER_LENGTH,
     check_json_size,
     encode_infer_response,
-    parse_infer_request,
 )
 from runtime.metadata import INPUT_NAME
 
@@ -141,7 +140,7 @@ async def _infer(request: Request, service: Service, model_name: str, version: s
         job.reserve(json_parse_cost(body, header_length, job.limits))
         if header_length is not None:
             job.reserve(len(body))  # the JSON header and the binary buffers are copied out of it
-        infer = await off_loop(len(body), parse_infer_request, body, header_length)
+        infer = await request.app.state.json_parser.parse(body, header_length)
         outputs = await v2.infer(service, job, model, infer, client_gone=disconnect_watch(request))
         json_values = check_json_size(outputs)
         content, header_length = await off_loop(

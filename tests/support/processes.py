@@ -5,6 +5,7 @@ up with the reason instead of hanging."""
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import signal
 import socket
@@ -20,6 +21,8 @@ from pathlib import Path
 
 import httpx
 import psutil
+
+from tests.support.probe import probe_until
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -203,7 +206,7 @@ def _stop_group(process: subprocess.Popen, graceful: bool) -> None:
 
 @dataclass
 class Watch:
-    """Polls /healthz and samples RSS in background threads until stopped."""
+    """Polls /healthz and samples RSS in the background until stopped."""
 
     service: ServiceProcess
     probe_latencies: list[float] = field(default_factory=list)
@@ -213,16 +216,7 @@ class Watch:
     _stop: threading.Event = field(default_factory=threading.Event)
 
     def _probe(self) -> None:
-        with httpx.Client(base_url=self.service.base, timeout=30) as client:
-            while not self._stop.is_set():
-                started = time.perf_counter()
-                try:
-                    ok = client.get("/healthz").status_code == 200
-                except httpx.TransportError:
-                    ok = False
-                self.probe_latencies.append(time.perf_counter() - started)
-                self.probe_failures += not ok
-                self._stop.wait(0.02)
+        self.probe_latencies, self.probe_failures = probe_until(self.service.base, self._stop)
 
     def _sample(self) -> None:
         process = psutil.Process(self.service.pid)
@@ -240,10 +234,26 @@ class Watch:
 
 
 @contextmanager
-def watching(service: ServiceProcess) -> Iterator[Watch]:
-    """Watch `service` for the block: its /healthz latency every 20 ms and its peak RSS every 10 ms."""
+def watching(service: ServiceProcess, *, probe_process: bool = False) -> Iterator[Watch]:
+    """Watch `service` for the block: its /healthz latency every 20 ms and its peak RSS every 10 ms.
+
+    `probe_process`: poll from a process of its own (`tests.support.probe`), so that what this
+    process does meanwhile (building or sending a large request holds its GIL) cannot show up as the
+    server's latency; it costs a Python start-up, so the tests' many short watches use a thread."""
     watch = Watch(service, start_rss=psutil.Process(service.pid).memory_info().rss)
-    threads = [threading.Thread(target=watch._probe), threading.Thread(target=watch._sample)]
+    prober = None
+    threads = [threading.Thread(target=watch._sample)]
+    if probe_process:
+        prober = subprocess.Popen(
+            [sys.executable, "-m", "tests.support.probe", service.base],
+            cwd=ROOT,
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            text=True,
+        )
+        assert prober.stdout is not None and prober.stdout.readline().strip() == "ready"
+    else:
+        threads.append(threading.Thread(target=watch._probe))
     for thread in threads:
         thread.start()
     try:
@@ -252,3 +262,6 @@ def watching(service: ServiceProcess) -> Iterator[Watch]:
         watch._stop.set()
         for thread in threads:
             thread.join()
+        if prober is not None:
+            result = json.loads(prober.communicate(timeout=60)[0])
+            watch.probe_latencies, watch.probe_failures = result["latencies"], result["failures"]

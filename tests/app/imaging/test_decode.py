@@ -15,9 +15,10 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from app.errors import ImageDecodeError, PayloadTooLargeError, UnsupportedMediaTypeError
+from app.errors import ImageDecodeError, OverloadedError, PayloadTooLargeError, UnsupportedMediaTypeError
 from app.imaging import (
     SUPPORTED_FORMATS,
+    ImageDecoder,
     ImagePreprocessor,
 )
 from tests.app.imaging.conftest import PHOTOS, make_preprocessor
@@ -464,3 +465,47 @@ def test_a_corrupt_compressed_tiff_prints_nothing_past_the_log_format(
     with pytest.raises(ImageDecodeError, match="cannot be decoded"):
         preprocessor.decode(bytes(data))
     assert capfd.readouterr().err == ""
+
+
+class RecordingBudget:
+    """A memory budget that admits up to `limit` bytes and records what was reserved and released."""
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self.held = 0
+        self.peak = 0
+        self.reserved: list[int] = []
+
+    def try_reserve(self, size: int) -> bool:
+        if self.held + size > self.limit:
+            return False
+        self.held += size
+        self.peak = max(self.peak, self.held)
+        self.reserved.append(size)
+        return True
+
+    def release(self, size: int) -> None:
+        self.held -= size
+
+
+def test_a_decode_holds_its_peak_memory_in_the_budget_while_it_runs() -> None:
+    from app.imaging.inspect import inspect_image
+
+    data = encode(Image.fromarray(gradient_rgb(400, 300)), "PNG")
+    budget = RecordingBudget(1 << 30)
+    decoder = ImageDecoder(max_image_bytes=1 << 24, max_image_pixels=10**7, resize_size=248, memory=budget)
+    assert decoder(data).size == (400, 300)
+    assert budget.reserved == [inspect_image(data).decode_bytes]
+    assert budget.held == 0  # released once the RGB image exists
+
+
+def test_a_decode_the_budget_cannot_hold_is_overloaded_before_any_pixel_is_decoded() -> None:
+    data = encode(Image.fromarray(gradient_rgb(400, 300)), "PNG")
+    decoder = ImageDecoder(
+        max_image_bytes=1 << 24, max_image_pixels=10**7, resize_size=248, memory=RecordingBudget(1000)
+    )
+    blocks_before = Image.core.get_stats()["new_count"]
+    with pytest.raises(OverloadedError) as raised:
+        decoder(data)
+    assert raised.value.retry_after_s == 1
+    assert Image.core.get_stats()["new_count"] == blocks_before
