@@ -19,6 +19,7 @@ from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 
 import httpx
+import numpy as np
 import psutil
 import pytest
 
@@ -228,3 +229,21 @@ def test_the_log_holds_no_traceback_and_only_json_lines(service: ServiceProcess)
         entry = json.loads(line)  # Pillow's warnings and libtiff's messages included
         assert "exc_info" not in entry, entry
         assert entry["level"] != "error", entry
+
+
+def test_a_44_mb_json_tensor_is_served_without_stalling_the_probes(service: ServiceProcess) -> None:
+    # The 44 MB FP32 JSON input (it held /healthz 2 s): parsed in the worker process now.
+    values = np.random.default_rng(1).normal(size=(14, 3, 224, 224)).astype(np.float32)
+    tensor = {
+        "name": "images",
+        "datatype": "FP32",
+        "shape": list(values.shape),
+        "data": values.ravel().tolist(),
+    }
+    body = json.dumps({"inputs": [tensor], "outputs": [{"name": "logits"}]}).encode()
+    assert len(body) > 40 * MIB
+    with watching(service, probe_process=True) as watch:
+        response = httpx.post(service.url("/v2/models/transxnet_fake/infer"), content=body, timeout=120)
+    assert response.status_code == 200, response.text
+    assert response.json()["outputs"][0]["shape"] == [14, 1000]
+    assert watch.slowest_probe < PROBE_BOUND_S and watch.probe_failures == 0
