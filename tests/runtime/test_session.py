@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -294,3 +295,26 @@ def test_explicit_gpu_provider_really_runs_on_the_gpu(
     x = np.random.default_rng(0).standard_normal((4, 3, IMAGE_SIZE, IMAGE_SIZE), dtype=np.float32)
     (out,) = loaded.session.run(["logits"], {"images": x})
     np.testing.assert_array_equal(out, np.maximum(x, 0))
+
+
+def test_sessions_leave_no_telemetry_behind(tiny_model: Path, tmp_path: Path) -> None:
+    home = tmp_path / "home"
+    home.mkdir()
+    code = (
+        "import numpy as np, runtime.session as rs; "
+        f"s = rs.create_session({str(tiny_model)!r}, providers='cpu').session; "
+        "s.run(None, {s.get_inputs()[0].name: np.zeros([d if isinstance(d, int) else 1 "
+        "for d in s.get_inputs()[0].shape], np.float32)})"
+    )
+    env = {k: v for k, v in os.environ.items() if k != "ORT_DISABLE_TELEMETRY"}
+    root = Path(__file__).resolve().parents[2]
+    result = subprocess.run(
+        [sys.executable, "-c", code],
+        check=False,
+        cwd=root,
+        env={**env, "HOME": str(home)},
+        capture_output=True,
+        text=True,
+    )
+    assert result.returncode == 0, result.stderr
+    assert list(home.rglob("*")) == []  # no ~/.cache/Microsoft/DeveloperTools/.onnxruntime
