@@ -14,6 +14,7 @@ from pydantic import Field, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from app.batching import BatchWait
+from app.imaging.decode import DECODE_BYTES_PER_PIXEL
 from runtime.session import ProviderPreference
 
 ENV_PREFIX = "TRANSXNET_"
@@ -105,11 +106,12 @@ class Settings(BaseSettings):
     max_image_pixels: int = Field(40_000_000, ge=1, description="Decoded pixels per image (413 above).")
     max_images_per_request: int = Field(32, ge=1, description="Images per request (413 above).")
     max_inflight_bytes: int = Field(
-        256 * MIB,
+        512 * MIB,
         ge=MIB,
         description="Request bytes held in memory at once across all requests (bodies being read, "
-        "decoded images waiting for their batch): 503 + Retry-After beyond it, and no single request "
-        "may be larger.",
+        "decodes running, decoded images waiting for their batch, parsed JSON): 503 + Retry-After "
+        "beyond it, and no single request may be larger. It must hold one largest image: its bytes "
+        "and its decode (8 bytes per pixel of max_image_pixels).",
     )
     jpeg_reducing_gap: float = Field(
         0.0,
@@ -182,11 +184,13 @@ class Settings(BaseSettings):
                 f"({self.max_queue_size}): raise {ENV_PREFIX}MAX_QUEUE_SIZE or lower "
                 f"{ENV_PREFIX}MAX_IMAGES_PER_REQUEST"
             )
-        if self.max_image_bytes > self.max_inflight_bytes:
+        largest = self.max_image_bytes + DECODE_BYTES_PER_PIXEL * self.max_image_pixels
+        if largest > self.max_inflight_bytes:
             raise ValueError(
-                f"max_image_bytes ({self.max_image_bytes}) exceeds max_inflight_bytes "
-                f"({self.max_inflight_bytes}): no image of the allowed size could ever be admitted; "
-                f"raise {ENV_PREFIX}MAX_INFLIGHT_BYTES or lower {ENV_PREFIX}MAX_IMAGE_BYTES"
+                f"max_inflight_bytes ({self.max_inflight_bytes}) cannot hold one image at the limits: "
+                f"{self.max_image_bytes} bytes and its decode ({DECODE_BYTES_PER_PIXEL} bytes per pixel "
+                f"of max_image_pixels={self.max_image_pixels}), {largest} in all; raise "
+                f"{ENV_PREFIX}MAX_INFLIGHT_BYTES or lower {ENV_PREFIX}MAX_IMAGE_PIXELS / MAX_IMAGE_BYTES"
             )
         return self
 

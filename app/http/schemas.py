@@ -152,7 +152,7 @@ class ModelInfo(BaseModel):
                         "max_images_per_request": 32,
                         "max_image_bytes": 20971520,
                         "max_image_pixels": 40000000,
-                        "max_inflight_bytes": 268435456,
+                        "max_inflight_bytes": 536870912,
                         "request_timeout_s": 30.0,
                     },
                 }

@@ -149,3 +149,11 @@ def test_a_cgroup_v1_quota_is_read_too(tmp_path, monkeypatch) -> None:
     monkeypatch.setattr(settings_module, "CGROUP_V1_QUOTA", tmp_path / "quota")
     monkeypatch.setattr(settings_module, "CGROUP_V1_PERIOD", tmp_path / "period")
     assert settings_module.cgroup_cpu_limit() == 3
+
+
+def test_the_memory_budget_must_hold_one_image_at_the_limits() -> None:
+    # 20 MB of bytes and 8 bytes per pixel of 40 Mpixel: 340 MB, more than a 256 MiB budget.
+    with pytest.raises(SettingsError, match="MAX_INFLIGHT_BYTES"):
+        load_settings(max_inflight_bytes=256 * 2**20)
+    assert load_settings().max_inflight_bytes == 512 * 2**20
+    load_settings(max_inflight_bytes=256 * 2**20, max_image_pixels=20_000_000)  # 180 MB: fits

@@ -9,17 +9,24 @@ import json
 import sys
 import threading
 import time
+from collections.abc import Callable
 
 import httpx
 
 PERIOD_S = 0.02
 
 
-def probe_until(base: str, stop: threading.Event) -> tuple[list[float], int]:
-    """(latencies in seconds, failures) of /healthz polls until `stop` is set."""
+def probe_until(
+    base: str, stop: threading.Event, on_started: Callable[[], None] | None = None
+) -> tuple[list[float], int]:
+    """(latencies in seconds, failures) of /healthz polls until `stop` is set; `on_started` is called
+    once the first poll has answered (the connection is up), so a watch starts measuring at once."""
     latencies: list[float] = []
     failures = 0
     with httpx.Client(base_url=base, timeout=30) as client:
+        client.get("/healthz")  # connect before the first measured poll
+        if on_started is not None:
+            on_started()
         while not stop.is_set():
             started = time.perf_counter()
             try:
@@ -40,8 +47,7 @@ def main() -> None:
         stop.set()
 
     threading.Thread(target=until_stdin_closes, daemon=True).start()
-    print("ready", flush=True)
-    latencies, failures = probe_until(sys.argv[1], stop)
+    latencies, failures = probe_until(sys.argv[1], stop, lambda: print("ready", flush=True))
     print(json.dumps({"latencies": latencies, "failures": failures}), flush=True)
 
 

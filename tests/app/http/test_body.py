@@ -135,8 +135,10 @@ async def test_a_client_that_hangs_up_mid_upload_is_499_not_a_server_error(fake_
 
 async def test_the_memory_budget_refuses_with_503_and_is_released_when_requests_end(fake_model_path) -> None:
     gate = threading.Event()
-    # 1 MiB: one small image's body plus its 602 KB decoded input fit, a second does not.
-    settings = make_settings(fake_model_path, max_inflight_bytes=1 << 20, max_batch_size=1)
+    # 1 MiB: one small image's body, decode and 602 KB decoded input fit, a second does not.
+    settings = make_settings(
+        fake_model_path, max_inflight_bytes=1 << 20, max_image_pixels=50_000, max_batch_size=1
+    )
     async with running_app(settings, lambda inner: GatedRunner(inner, gate)) as client:
         pipeline = client.app.state.service.pipeline
         held = asyncio.create_task(client.post("/classify", content=encoded_image(1), headers=PNG))
