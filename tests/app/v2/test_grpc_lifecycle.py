@@ -65,6 +65,19 @@ def slow_server(fake_model_path: Path) -> Iterator[tuple[ServiceProcess, Grpc]]:
         client.channel.close()
 
 
+def _one_running(service: ServiceProcess) -> None:
+    """The first call's image is in the (slowed) model: nothing queued, and that call in progress
+    beside the scrape that asks."""
+    service.wait_until(
+        lambda: (
+            service.metric("transxnet_queue_depth") == 0
+            and service.metric("transxnet_requests_in_progress") >= 2
+        ),
+        30,
+        "one image running",
+    )
+
+
 def _one_running_one_queued(service: ServiceProcess) -> None:
     service.wait_until(
         lambda: service.metric("transxnet_queue_depth") == 1, 30, "one image running and one queued"
@@ -76,6 +89,8 @@ def test_a_client_that_gives_up_has_its_queued_image_dropped(slow_server, how: s
     service, client = slow_server
     processed = service.metric("transxnet_images_processed_total")
     running = client.inference.ModelInfer.future(tensor_request(1), timeout=60)
+    # The quitter must queue behind a running image: were it handled first, its image would run.
+    _one_running(service)
     if how == "deadline":
         # Queued behind the running image, which takes 1.5 s: its 0.5 s deadline passes in the queue.
         quitter = client.inference.ModelInfer.future(tensor_request(2), timeout=0.5)
