@@ -80,16 +80,22 @@ def status_of(url: str) -> int | None:
 
 @contextmanager
 def running_process(args: list[str], env: dict[str, str]) -> Iterator[subprocess.Popen]:
-    """`args` from the repository root, output captured; killed on exit if still running."""
+    """`args` from the repository root, output captured, in a process group of its own: killed on
+    exit with whatever it started (a wrapper such as strace would otherwise leave the service it
+    runs behind, orphaned)."""
     process = subprocess.Popen(
-        args, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+        args,
+        cwd=ROOT,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        start_new_session=True,
     )
     try:
         yield process
     finally:
-        if process.poll() is None:
-            process.kill()
-            process.wait(timeout=10)
+        _stop_group(process, graceful=False)
 
 
 @dataclass
@@ -190,8 +196,11 @@ def service_process(
 
 
 def _stop_group(process: subprocess.Popen, graceful: bool) -> None:
-    """End the server and whatever it started (a peer's worker processes) with it."""
+    """End the server and whatever it started (a peer's worker processes, a traced child) with it;
+    the group outlives its leader, so it is killed even when the leader has exited."""
     if process.poll() is not None:
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(process.pid, signal.SIGKILL)
         return
     if graceful:
         with contextlib.suppress(ProcessLookupError):
