@@ -9,9 +9,7 @@ browser a fresh temporary profile (user-data-dir) of its own and removes it on c
 
 from __future__ import annotations
 
-import sys
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -19,7 +17,7 @@ import pytest
 from playwright.sync_api import Browser, BrowserContext, Page, sync_playwright
 
 from tests.support.fake_model import build_fake_model
-from tests.support.processes import ROOT, free_port, running_process, service_env, status_of, wait_for
+from tests.support.processes import ROOT, ServiceProcess, service_process
 
 CHROMIUM = Path("/usr/bin/chromium")
 #: Headless and quiet: no GPU, no sync, no component updates, no background requests of its own,
@@ -39,34 +37,6 @@ MAX_IMAGE_BYTES = 1_000_000
 VIEWPORT = {"width": 1280, "height": 900}
 
 
-@dataclass
-class Service:
-    """A running service process, by its base URL."""
-
-    base: str
-
-    def url(self, path: str) -> str:
-        return self.base + path
-
-
-@contextmanager
-def service_process(model_path: Path, **settings: str) -> Iterator[Service]:
-    """`python -m app` on a free port with TRANSXNET_* `settings` (keys without the prefix), ready."""
-    port = free_port()
-    extra = {f"TRANSXNET_{key.upper()}": value for key, value in settings.items()}
-    env = service_env(model_path, TRANSXNET_PORT=str(port), TRANSXNET_LOG_LEVEL="warning", **extra)
-    with running_process([sys.executable, "-m", "app"], env) as process:
-        service = Service(f"http://127.0.0.1:{port}")
-        wait_for(
-            lambda: status_of(service.url("/readyz")) == 200,
-            300,
-            what="/readyz 200",
-            process=process,
-            log=lambda: process.stdout.read() if process.stdout else "",
-        )
-        yield service
-
-
 @pytest.fixture(scope="package")
 def browser() -> Iterator[Browser]:
     """One Chromium for all the browser tests (each test gets its own context)."""
@@ -83,10 +53,15 @@ def browser() -> Iterator[Browser]:
 
 
 @pytest.fixture(scope="package")
-def fake_service(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Service]:
-    """The service on the fake model (labels class_0..class_999, random-init weights): fast."""
-    model = build_fake_model(tmp_path_factory.mktemp("browser-model") / "transxnet_fake.onnx")
-    with service_process(model, max_image_bytes=str(MAX_IMAGE_BYTES)) as service:
+def fake_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The fake model (labels class_0..class_999, random-init weights): fast."""
+    return build_fake_model(tmp_path_factory.mktemp("browser-model") / "transxnet_fake.onnx")
+
+
+@pytest.fixture(scope="package")
+def fake_service(fake_model: Path) -> Iterator[ServiceProcess]:
+    """The service on the fake model, shared by the tests that leave it as they found it."""
+    with service_process(fake_model, max_image_bytes=str(MAX_IMAGE_BYTES)) as service:
         yield service
 
 
@@ -112,12 +87,12 @@ class RecordedPage:
 
 
 @pytest.fixture
-def open_page(browser: Browser) -> Iterator[Callable[[Service, str], RecordedPage]]:
+def open_page(browser: Browser) -> Iterator[Callable[[ServiceProcess, str], RecordedPage]]:
     """`open_page(service, "/demo")`: a fresh context (no cache, no storage) and a page on `path`,
     recording from before the navigation."""
     contexts: list[BrowserContext] = []
 
-    def open_(service: Service, path: str) -> RecordedPage:
+    def open_(service: ServiceProcess, path: str) -> RecordedPage:
         context = browser.new_context(viewport=VIEWPORT)
         contexts.append(context)
         page = context.new_page()

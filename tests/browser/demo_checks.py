@@ -10,20 +10,21 @@ import numpy as np
 import pytest
 from playwright.sync_api import Locator, expect
 
-from tests.browser.conftest import RecordedPage, Service
+from tests.browser.conftest import RecordedPage
+from tests.support.processes import ServiceProcess
 
 STAGES = ("stage1", "stage2", "stage3", "stage4")
 RESULT_TIMEOUT_MS = 60_000
 MIME = {".png": "image/png", ".jpg": "image/jpeg"}
 
 
-def classify(service: Service, name: str, content: bytes, mime: str) -> httpx.Response:
+def classify(service: ServiceProcess, name: str, content: bytes, mime: str) -> httpx.Response:
     return httpx.post(
         service.url("/classify"), params={"top_k": 5}, files={"file": (name, content, mime)}, timeout=60
     )
 
 
-def features(service: Service, name: str, content: bytes, mime: str) -> dict[str, np.ndarray]:
+def features(service: ServiceProcess, name: str, content: bytes, mime: str) -> dict[str, np.ndarray]:
     response = httpx.post(
         service.url("/features"),
         params={"outputs": "pooled,stage1,stage2,stage3,stage4", "format": "npz"},
@@ -71,7 +72,7 @@ def canvas_pixels(card: Locator) -> list[dict]:
     )
 
 
-def assert_matches_the_api(service: Service, card: Locator, photo: Path) -> None:
+def assert_matches_the_api(service: ServiceProcess, card: Locator, photo: Path) -> None:
     """The card's classes equal /classify's and its channel picks follow /features' maps."""
     content, mime = photo.read_bytes(), MIME[photo.suffix]
     expected = classify(service, photo.name, content, mime).json()["results"][0]["predictions"]

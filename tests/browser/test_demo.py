@@ -5,17 +5,20 @@ message, and the page must not talk to anything but the service."""
 from __future__ import annotations
 
 import base64
+import contextlib
 import io
 import re
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
+import httpx
 import numpy as np
 import pytest
 from PIL import Image
 from playwright.sync_api import expect
 
-from tests.browser.conftest import MAX_IMAGE_BYTES, PHOTOS, RecordedPage, Service
+from tests.browser.conftest import MAX_IMAGE_BYTES, PHOTOS, RecordedPage
 from tests.browser.demo_checks import (
     MIME,
     RESULT_TIMEOUT_MS,
@@ -25,12 +28,13 @@ from tests.browser.demo_checks import (
     card_for,
     classify,
 )
+from tests.support.processes import ServiceProcess, service_process
 
 pytestmark = pytest.mark.slow
 
 
 def test_demo_shows_what_classify_and_features_answer_for_uploaded_photos(
-    fake_service: Service, open_page: Callable[[Service, str], RecordedPage]
+    fake_service: ServiceProcess, open_page: Callable[[ServiceProcess, str], RecordedPage]
 ) -> None:
     recorded = open_page(fake_service, "/demo")
     page = recorded.page
@@ -80,7 +84,7 @@ def _hand_over(recorded: RecordedPage, photo: Path, how: str) -> None:
 
 
 def test_demo_takes_dropped_and_pasted_images(
-    fake_service: Service, open_page: Callable[[Service, str], RecordedPage]
+    fake_service: ServiceProcess, open_page: Callable[[ServiceProcess, str], RecordedPage]
 ) -> None:
     recorded = open_page(fake_service, "/demo")
     dropped, pasted = PHOTOS / "coffee.png", PHOTOS / "camera.png"
@@ -112,8 +116,8 @@ def _too_large_png() -> bytes:
     ],
 )
 def test_demo_shows_the_service_error_message(
-    fake_service: Service,
-    open_page: Callable[[Service, str], RecordedPage],
+    fake_service: ServiceProcess,
+    open_page: Callable[[ServiceProcess, str], RecordedPage],
     name: str,
     mime: str,
     make: Callable[[], bytes],
@@ -142,8 +146,72 @@ def test_demo_shows_the_service_error_message(
     assert_stayed_on_the_service(recorded)
 
 
+#: How long the slowed model holds each batch in the queue-full test: far longer than the page needs.
+HOLD_S = 30.0
+
+
+def _fill_the_queue(service: ServiceProcess, pool: ThreadPoolExecutor, photo: bytes) -> None:
+    """One image in the (slowed) model and one queued behind it, the whole queue of one image.
+
+    The second image must arrive after the first has left the queue for the model; if it arrives
+    while the first is still queued it is refused, so it is sent again (the first holds the model
+    for `HOLD_S`)."""
+
+    def post() -> int:
+        with contextlib.suppress(httpx.TransportError):  # the service is stopped with these in flight
+            return classify(service, "hold.png", photo, "image/png").status_code
+        return 0
+
+    pool.submit(post)
+    service.wait_until(lambda: service.metric("transxnet_requests_in_progress") >= 2, 30, "the first upload")
+    for _ in range(3):
+        queued = pool.submit(post)
+        service.wait_until(
+            lambda queued=queued: queued.done() or service.metric("transxnet_queue_depth") == 1,
+            30,
+            "one image queued",
+        )
+        if not queued.done():
+            return
+        assert queued.result() == 503, queued.result()
+    raise AssertionError("the second image never queued behind the first")
+
+
+def test_demo_shows_queue_full_with_the_retry_hint(
+    fake_model: Path, open_page: Callable[[ServiceProcess, str], RecordedPage]
+) -> None:
+    photo = PHOTOS / "chelsea.png"
+    content = photo.read_bytes()
+    one_deep = {"max_batch_size": "1", "max_batch_delay_ms": "0", "max_queue_size": "1"}
+    slowed = ["--slow-s", str(HOLD_S)]
+    # The service stops first, so the held uploads end with it instead of running out their time.
+    with (
+        ThreadPoolExecutor(2) as pool,
+        service_process(fake_model, helper_args=slowed, max_images_per_request="1", **one_deep) as service,
+    ):
+        _fill_the_queue(service, pool, content)
+        answer = classify(service, photo.name, content, "image/png")
+        assert answer.status_code == 503, answer.text
+        error, retry_after = answer.json()["error"], answer.headers["retry-after"]
+        assert error["code"] == "queue_full"
+
+        recorded = open_page(service, "/demo")
+        recorded.page.locator("#file-input").set_input_files(str(photo))
+        card = card_for(recorded, photo.name)
+        expect(card).to_have_attribute("data-state", "error", timeout=RESULT_TIMEOUT_MS)
+        expect(card.locator(".error")).to_have_text(
+            f"The service answered 503 (queue_full): {error['message']}. Retry in {retry_after} s."
+        )
+        expect(card.locator(".summary")).to_be_hidden()
+        # Both of the page's requests were refused at once, while the model was still busy.
+        assert service.metric("transxnet_queue_depth") == 1
+        assert service.labelled_metric("transxnet_requests_total", route="/classify", status="503") >= 2
+        assert service.labelled_metric("transxnet_requests_total", route="/features", status="503") == 1
+        assert_stayed_on_the_service(recorded)
+
+
 def test_npz_reader_reads_what_numpy_writes(
-    fake_service: Service, open_page: Callable[[Service, str], RecordedPage]
+    fake_service: ServiceProcess, open_page: Callable[[ServiceProcess, str], RecordedPage]
 ) -> None:
     """The page's .npz reader against numpy itself: stored (savez, what the service sends) and
     deflated (savez_compressed) archives, several dtypes and shapes, a 0-d array."""

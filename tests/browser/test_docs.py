@@ -9,7 +9,8 @@ from collections.abc import Callable
 import pytest
 from playwright.sync_api import expect
 
-from tests.browser.conftest import RecordedPage, Service
+from tests.browser.conftest import RecordedPage
+from tests.support.processes import ServiceProcess
 
 pytestmark = pytest.mark.slow
 
@@ -17,7 +18,7 @@ RENDER_TIMEOUT_MS = 30_000
 
 
 def test_swagger_ui_lists_the_operations_offline(
-    fake_service: Service, open_page: Callable[[Service, str], RecordedPage]
+    fake_service: ServiceProcess, open_page: Callable[[ServiceProcess, str], RecordedPage]
 ) -> None:
     recorded = open_page(fake_service, "/docs")
     operations = recorded.page.locator(".opblock")
@@ -34,7 +35,7 @@ def test_swagger_ui_lists_the_operations_offline(
 
 
 def test_redoc_renders_the_reference_offline(
-    fake_service: Service, open_page: Callable[[Service, str], RecordedPage]
+    fake_service: ServiceProcess, open_page: Callable[[ServiceProcess, str], RecordedPage]
 ) -> None:
     recorded = open_page(fake_service, "/redoc")
     page = recorded.page

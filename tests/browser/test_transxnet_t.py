@@ -22,7 +22,7 @@ import pytest
 from PIL import Image
 from playwright.sync_api import expect
 
-from tests.browser.conftest import PHOTOS, RecordedPage, Service, service_process
+from tests.browser.conftest import PHOTOS, RecordedPage
 from tests.browser.demo_checks import (
     RESULT_TIMEOUT_MS,
     assert_feature_maps_drawn,
@@ -30,7 +30,7 @@ from tests.browser.demo_checks import (
     assert_stayed_on_the_service,
     card_for,
 )
-from tests.support.processes import ROOT
+from tests.support.processes import ROOT, ServiceProcess, service_process
 
 pytestmark = pytest.mark.slow
 
@@ -42,7 +42,7 @@ PHOTO = PHOTOS / "chelsea.png"
 @pytest.fixture(scope="module")
 def transxnet_t(
     request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
-) -> Iterator[Service]:
+) -> Iterator[ServiceProcess]:
     """The service on TransXNet-T (see the module's docstring for which weights)."""
     if UPDATE_SCREENSHOTS:
         from export.pipeline import export_model
@@ -56,7 +56,7 @@ def transxnet_t(
 
 
 def test_demo_on_transxnet_t_and_the_readme_screenshot(
-    transxnet_t: Service, open_page: Callable[[Service, str], RecordedPage], tmp_path: Path
+    transxnet_t: ServiceProcess, open_page: Callable[[ServiceProcess, str], RecordedPage], tmp_path: Path
 ) -> None:
     info = httpx.get(transxnet_t.url("/v1/models"), timeout=10).json()
     recorded = open_page(transxnet_t, "/demo")
