@@ -21,14 +21,13 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import httpx
-import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
 from benchmarks.service_bench import DEFAULT_MODEL, RESULTS, ensure_model  # noqa: E402
-from tests.support.hostile import hostile_cases, zlib_repeating  # noqa: E402
+from tests.support.hostile import DEFLATE_JSON, hostile_cases, json_inflation_bomb, json_tensor_body  # noqa: E402
 from tests.support.images import encoded_image  # noqa: E402
 from tests.support.processes import ServiceProcess, service_process, watching  # noqa: E402
 
@@ -46,14 +45,14 @@ Attack = Callable[[ServiceProcess], Callable[[], str]]
 
 
 def _json_bombs(service: ServiceProcess) -> Callable[[], str]:
-    prefix = b'{"inputs": [{"name": "images", "datatype": "FP32", "shape": [32, 3, 224, 224], "data": ['
-    bomb = zlib_repeating(prefix, b"0.000000000,", 550_000_000 // 12)
-    headers = {"content-encoding": "deflate", "content-type": "application/json"}
+    bomb = json_inflation_bomb()
 
     def send() -> str:
         with ThreadPoolExecutor(4) as pool:
             futures = [
-                pool.submit(_post, service, "/v2/models/transxnet_t/infer", content=bomb, headers=headers)
+                pool.submit(
+                    _post, service, "/v2/models/transxnet_t/infer", content=bomb, headers=DEFLATE_JSON
+                )
                 for _ in range(4)
             ]
             return ",".join(str(future.result()) for future in futures)
@@ -71,15 +70,7 @@ def _features_json(images: int) -> Attack:
 
 
 def _json_tensor(service: ServiceProcess) -> Callable[[], str]:
-    # The 44 MB FP32 JSON input: 14 images of 3x224x224 floats, logits asked for.
-    values = np.random.default_rng(0).normal(size=(14, 3, 224, 224)).astype(np.float32)
-    tensor = {
-        "name": "images",
-        "datatype": "FP32",
-        "shape": list(values.shape),
-        "data": values.ravel().tolist(),
-    }
-    body = json.dumps({"inputs": [tensor], "outputs": [{"name": "logits"}]}).encode()
+    body = json_tensor_body()
     path = "/v2/models/transxnet_t/infer"
     return lambda: f"{_post(service, path, content=body)} ({len(body) / MIB:.0f} MiB)"
 

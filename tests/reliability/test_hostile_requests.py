@@ -19,11 +19,10 @@ from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 
 import httpx
-import numpy as np
 import psutil
 import pytest
 
-from tests.support.hostile import hostile_cases, zlib_repeating
+from tests.support.hostile import DEFLATE_JSON, hostile_cases, json_inflation_bomb, json_tensor_body
 from tests.support.images import encoded_image
 from tests.support.processes import ServiceProcess, service_process, watching
 
@@ -110,19 +109,16 @@ def test_a_hostile_image_is_refused_quickly_within_bounded_memory(service: Servi
 
 
 def test_concurrent_inflating_json_bombs_stay_within_the_memory_budget(service: ServiceProcess) -> None:
-    # 550 MB of JSON each, about 0.5 MB on the wire (the attack: 4 of them took RSS to 2.8 GiB).
-    prefix = b'{"inputs": [{"name": "images", "datatype": "FP32", "shape": [32, 3, 224, 224], "data": ['
-    bomb = zlib_repeating(prefix, b"0.000000000,", 550_000_000 // 12)
+    bomb = json_inflation_bomb()
     assert len(bomb) < 2 * MIB
     budget = json.loads(httpx.get(service.url("/v1/models"), timeout=10).text)["limits"]["max_inflight_bytes"]
-    headers = {"content-encoding": "deflate", "content-type": "application/json"}
     with watching(service) as watch, ThreadPoolExecutor(5) as pool:
         bombs = [
             pool.submit(
                 httpx.post,
                 service.url("/v2/models/transxnet_fake/infer"),
                 content=bomb,
-                headers=headers,
+                headers=DEFLATE_JSON,
                 timeout=120,
             )
             for _ in range(4)
@@ -233,14 +229,7 @@ def test_the_log_holds_no_traceback_and_only_json_lines(service: ServiceProcess)
 
 def test_a_44_mb_json_tensor_is_served_without_stalling_the_probes(service: ServiceProcess) -> None:
     # The 44 MB FP32 JSON input (it held /healthz 2 s): parsed in the worker process now.
-    values = np.random.default_rng(1).normal(size=(14, 3, 224, 224)).astype(np.float32)
-    tensor = {
-        "name": "images",
-        "datatype": "FP32",
-        "shape": list(values.shape),
-        "data": values.ravel().tolist(),
-    }
-    body = json.dumps({"inputs": [tensor], "outputs": [{"name": "logits"}]}).encode()
+    body = json_tensor_body(seed=1)
     assert len(body) > 40 * MIB
     with watching(service, probe_process=True) as watch:
         response = httpx.post(service.url("/v2/models/transxnet_fake/infer"), content=body, timeout=120)

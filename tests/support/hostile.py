@@ -16,6 +16,7 @@ process and measure time and memory) share it.
 from __future__ import annotations
 
 import io
+import json
 import math
 import struct
 import zlib
@@ -841,3 +842,30 @@ def hostile_cases(max_image_bytes: int = 20_000_000) -> dict[str, HostileCase]:
         ),
     ]
     return {case.name: case for case in cases}
+
+
+# --- request-level payloads (the /v2 JSON attacks) ----------------------------------------------------
+
+#: Headers for a deflate-compressed JSON body.
+DEFLATE_JSON = {"content-encoding": "deflate", "content-type": "application/json"}
+
+
+def json_inflation_bomb(inflated_bytes: int = 550_000_000) -> bytes:
+    """A deflate-compressed /v2 infer body of `inflated_bytes` of JSON zeros, about 0.5 MB on the
+    wire (the issue's attack: four of them at once took RSS to 2.8 GiB). Send with DEFLATE_JSON."""
+    prefix = b'{"inputs": [{"name": "images", "datatype": "FP32", "shape": [32, 3, 224, 224], "data": ['
+    unit = b"0.000000000,"
+    return zlib_repeating(prefix, unit, inflated_bytes // len(unit))
+
+
+def json_tensor_body(images: int = 14, *, seed: int = 0, side: int = 224) -> bytes:
+    """A /v2 infer body with `images` FP32 images as a JSON tensor, logits asked for: the issue's
+    44 MB input at the defaults (it held /healthz for 2 s)."""
+    values = np.random.default_rng(seed).normal(size=(images, 3, side, side)).astype(np.float32)
+    tensor = {
+        "name": "images",
+        "datatype": "FP32",
+        "shape": list(values.shape),
+        "data": values.ravel().tolist(),
+    }
+    return json.dumps({"inputs": [tensor], "outputs": [{"name": "logits"}]}).encode()
