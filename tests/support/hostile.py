@@ -219,6 +219,15 @@ def _tiff_grey_entries(tiff: TiffBuilder, width: int, height: int, bits: int = 8
     }
 
 
+def tiff_grey16_big_endian(pixels: bytes, width: int, height: int) -> bytes:
+    """One strip of big-endian 16-bit greyscale ("I;16B" to Pillow), `pixels` as stored."""
+    tiff = TiffBuilder(big_endian=True)
+    strip = tiff.blob(pixels)
+    entries = _tiff_grey_entries(tiff, width, height, bits=16)
+    entries[273] = tiff.values(LONG, [strip])
+    return tiff.finish(tiff.ifd(entries))
+
+
 def tiff_strips(width: int, height: int, *, rows_per_strip: int = 1) -> bytes:
     """Uncompressed 8-bit greyscale cut into strips of `rows_per_strip` rows, every strip offset
     pointing at one shared strip of zeros (19.6 MB for the issue's 1 x 4.9M image)."""

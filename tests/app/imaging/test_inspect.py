@@ -337,26 +337,11 @@ def legitimate_files() -> dict[str, bytes]:
         "tiff-deflate-exif.tif": encode(rgb, "TIFF", compression="tiff_adobe_deflate", exif=exif.tobytes()),
         "tiff-cmyk.tif": encode(rgb.convert("CMYK"), "TIFF"),
         "tiff-big.tif": encode(rgb, "TIFF", big_tiff=True),
-        "tiff-big-endian-16.tif": hostile_big_endian_tiff(),
+        "tiff-big-endian-16.tif": hostile.tiff_grey16_big_endian(bytes(range(256)) * 10, 40, 32),
         "tiff-tiled.tif": hostile.tiff_tiles(100, 70, tile=16),
         "tiff-pages.tif": encode(rgb, "TIFF", save_all=True, append_images=frames[1:]),
     }
     return files
-
-
-def hostile_big_endian_tiff() -> bytes:
-    tiff = hostile.TiffBuilder(big_endian=True)
-    data = tiff.blob(bytes(range(256)) * 10)
-    entries = {
-        256: tiff.values(hostile.LONG, [40]),
-        257: tiff.values(hostile.LONG, [32]),
-        258: tiff.values(hostile.SHORT, [16]),
-        259: tiff.values(hostile.SHORT, [1]),
-        262: tiff.values(hostile.SHORT, [1]),
-        273: tiff.values(hostile.LONG, [data]),
-        277: tiff.values(hostile.SHORT, [1]),
-    }
-    return tiff.finish(tiff.ifd(entries))
 
 
 LEGITIMATE = legitimate_files()
