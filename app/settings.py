@@ -148,7 +148,8 @@ class Settings(BaseSettings):
         gt=0,
         le=600,
         description="Longest pause between two pieces of a request body before the request gets 408 "
-        "(nginx's client_body_timeout is 60 s between reads).",
+        "(nginx's client_body_timeout is 60 s between reads); over gRPC, which hands a message over "
+        "only whole, the time for the whole ModelInfer message (DEADLINE_EXCEEDED beyond it).",
     )
     max_connections: int = Field(
         1024,

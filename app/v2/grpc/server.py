@@ -16,8 +16,8 @@ import grpc
 
 from app.service import Service
 from app.v2.grpc.health import HealthServicer
-from app.v2.grpc.proto import grpc_service_pb2_grpc, health_pb2_grpc
-from app.v2.grpc.servicer import InferenceServicer
+from app.v2.grpc.proto import health_pb2_grpc
+from app.v2.grpc.servicer import InferenceServicer, add_inference_service
 
 logger = logging.getLogger(__name__)
 
@@ -50,9 +50,7 @@ class GrpcServer:
     async def start(self, host: str, port: int) -> None:
         """Bind and start; `RuntimeError` naming the address when the port cannot be bound."""
         server = grpc.aio.server(options=server_options(self.service))
-        grpc_service_pb2_grpc.add_GRPCInferenceServiceServicer_to_server(
-            InferenceServicer(self.service, version=self.version), server
-        )
+        add_inference_service(InferenceServicer(self.service, version=self.version), server)
         health_pb2_grpc.add_HealthServicer_to_server(
             HealthServicer(self.service.readiness, self.service.metrics), server
         )

@@ -8,6 +8,13 @@ metadata, else the inference request's `id`, else a new one), sent back in the t
 
 Cancellation is gRPC's: when the client cancels or its deadline passes, grpc.aio cancels the handler,
 and the pipeline drops the request's queued decodes and images as it does for an HTTP disconnect.
+
+ModelInfer is registered as a stream-unary method over raw bytes (`add_inference_service`). On the
+wire that is the same call (one message each way), but grpc.aio runs a streaming handler as soon as
+the call starts, so the handler receives the message itself: within the body timeout, as HTTP bodies
+are, and charged to the memory budget before it is parsed. A unary handler only runs once grpc has
+the whole message, so an upload that stalls part-way would hold its bytes for as long as the client
+keeps the call open (measured: 200 MiB per stalled call, never released).
 """
 
 from __future__ import annotations
@@ -16,15 +23,16 @@ import asyncio
 import functools
 import logging
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any, TypeVar
 
 import grpc
 from google.protobuf import json_format
+from google.protobuf.message import DecodeError
 
-from app.errors import ModelNotFoundError, ServiceError
+from app.errors import BodyTimeoutError, ModelNotFoundError, ProtocolError, ServiceError
 from app.logging_setup import current_request_id, valid_request_id
-from app.pipeline import off_loop
+from app.pipeline import Job, off_loop
 from app.service import Service
 from app.v2 import model as v2
 from app.v2.grpc import status, wire
@@ -36,17 +44,26 @@ from app.v2.protocol import EXTENSIONS
 logger = logging.getLogger(__name__)
 
 REQUEST_ID_KEY = "x-request-id"
+SERVICE_NAME = "inference.GRPCInferenceService"
 Context = grpc.aio.ServicerContext
 Request = TypeVar("Request")
 Response = TypeVar("Response")
 Method = Callable[[Any, Request, Context], Awaitable[Response]]
 
 
-def _client_request_id(context: Context, fallback: str | None = None) -> str:
+def _metadata_request_id(context: Context) -> str | None:
     for key, value in context.invocation_metadata() or ():
         if key == REQUEST_ID_KEY and isinstance(value, str):
-            return valid_request_id(value)
-    return valid_request_id(fallback)
+            return value
+    return None
+
+
+def _client_request_id(context: Context, fallback: str | None = None) -> str:
+    return valid_request_id(_metadata_request_id(context) or fallback)
+
+
+def _trailers() -> tuple[tuple[str, str], ...]:
+    return ((REQUEST_ID_KEY, current_request_id.get()),)
 
 
 def _cancelled_status(context: Context) -> grpc.StatusCode:
@@ -79,21 +96,21 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
 
     async def observe(self, name: str, work: Awaitable[Any], request: Any, context: Context) -> Any:
         metrics = self.service.metrics
-        request_id = _client_request_id(context, getattr(request, "id", None) or None)
-        token = current_request_id.set(request_id)
-        trailers = ((REQUEST_ID_KEY, request_id),)
+        # The request ID may still change while `work` runs (ModelInfer's message names one): the
+        # trailers are written from the current one.
+        token = current_request_id.set(_client_request_id(context, getattr(request, "id", None) or None))
         code = grpc.StatusCode.OK
         started = time.perf_counter()
         metrics.in_progress.inc()
         try:
-            context.set_trailing_metadata(trailers)
+            context.set_trailing_metadata(_trailers())
             return await work
         except ServiceError as error:
             code = status.status_of(error)
             if code in (grpc.StatusCode.INTERNAL, grpc.StatusCode.UNAVAILABLE):
                 logger.info("gRPC %s -> %s %s", name, code.name, error.code)
             await context.abort(
-                code, error.message, trailing_metadata=trailers + status.retry_metadata(error)
+                code, error.message, trailing_metadata=_trailers() + status.retry_metadata(error)
             )
         except asyncio.CancelledError:
             code = _cancelled_status(context)
@@ -102,8 +119,10 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
         except Exception:
             code = grpc.StatusCode.INTERNAL
             logger.exception("unhandled error in gRPC %s", name)
-            message = f"an internal error occurred; it has been logged with request id {request_id}"
-            await context.abort(code, message, trailing_metadata=trailers)
+            message = (
+                f"an internal error occurred; it has been logged with request id {current_request_id.get()}"
+            )
+            await context.abort(code, message, trailing_metadata=_trailers())
         finally:
             metrics.in_progress.dec()
             current_request_id.reset(token)
@@ -153,15 +172,65 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
         model = v2.resolve_model(self.service, request.name, request.version) if request.name else None
         return json_format.ParseDict(v2.model_statistics(self.service, model), pb.ModelStatisticsResponse())
 
-    @rpc
-    async def ModelInfer(self, request: pb.ModelInferRequest, context: Context) -> pb.ModelInferResponse:
+    async def ModelInfer(self, requests: AsyncIterator[bytes], context: Context) -> pb.ModelInferResponse:
+        """Stream-unary over raw bytes (see the module's docstring); `requests` is unused: the one
+        message is read from `context` within the body timeout."""
+        return await self.observe("ModelInfer", self._model_infer(context), None, context)
+
+    async def _model_infer(self, context: Context) -> pb.ModelInferResponse:
         service = self.service
-        model = v2.resolve_model(service, request.model_name, request.model_version)
         async with service.pipeline.job() as job:
-            # The message is in memory already (grpc read it within the receive limit): charge it.
+            request, received = await receive_infer_request(context, job)
+            if request.id and _metadata_request_id(context) is None:
+                current_request_id.set(valid_request_id(request.id))
+                context.set_trailing_metadata(_trailers())
+            model = v2.resolve_model(service, request.model_name, request.model_version)
             size = wire.message_bytes(request)
-            job.reserve(size)
+            # Typed contents can take more memory parsed than on the wire (varints): charge the rest.
+            job.reserve(size - received)
             # Typed contents are millions of numbers to convert: never on the event loop.
             infer = await off_loop(size, wire.infer_request, request)
             outputs = await v2.infer(service, job, model, infer, binary_default=True)
             return wire.infer_response(model, infer.id, outputs)
+
+
+async def receive_infer_request(context: Context, job: Job) -> tuple[pb.ModelInferRequest, int]:
+    """The call's one message and its size on the wire, received within the body timeout and charged
+    to the memory budget before it is parsed (the parsed message replaces the raw bytes, dropped)."""
+    timeout = job.limits.body_timeout_s
+    try:
+        raw = await asyncio.wait_for(context.read(), timeout)
+    except TimeoutError:
+        raise BodyTimeoutError(
+            f"the request message did not arrive within {timeout:g} s; over gRPC the whole message "
+            "must arrive within TRANSXNET_BODY_TIMEOUT_S"
+        ) from None
+    if not isinstance(raw, bytes):  # grpc.aio.EOF: the client half-closed without a message
+        raise ProtocolError("the call carried no ModelInferRequest message")
+    job.reserve(len(raw))
+    try:
+        return pb.ModelInferRequest.FromString(raw), len(raw)
+    except DecodeError:
+        raise ProtocolError("the request message is not a valid ModelInferRequest") from None
+
+
+def add_inference_service(servicer: InferenceServicer, server: grpc.aio.Server) -> None:
+    """Register the inference service as the generated code does, but ModelInfer stream-unary over
+    raw bytes. The generated handler table is taken from the generated code, not copied."""
+    table: dict[str, grpc.RpcMethodHandler] = {}
+
+    class _Capture:
+        def add_generic_rpc_handlers(self, handlers: object) -> None:
+            pass
+
+        def add_registered_method_handlers(self, name: str, handlers: dict) -> None:
+            table.update(handlers)
+
+    pb_grpc.add_GRPCInferenceServiceServicer_to_server(servicer, _Capture())
+    table["ModelInfer"] = grpc.stream_unary_rpc_method_handler(
+        servicer.ModelInfer,
+        request_deserializer=None,
+        response_serializer=pb.ModelInferResponse.SerializeToString,
+    )
+    server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(SERVICE_NAME, table),))
+    server.add_registered_method_handlers(SERVICE_NAME, table)

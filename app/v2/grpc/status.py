@@ -31,7 +31,7 @@ STATUS: dict[str, grpc.StatusCode] = {
     "overloaded": grpc.StatusCode.UNAVAILABLE,
     "not_ready": grpc.StatusCode.UNAVAILABLE,
     "timeout": grpc.StatusCode.DEADLINE_EXCEEDED,
-    "body_timeout": grpc.StatusCode.DEADLINE_EXCEEDED,  # HTTP's slow upload; gRPC never raises it
+    "body_timeout": grpc.StatusCode.DEADLINE_EXCEEDED,  # the message did not arrive in time
     "client_closed_request": grpc.StatusCode.CANCELLED,
     "startup_failed": grpc.StatusCode.INTERNAL,
     "inference_failed": grpc.StatusCode.INTERNAL,
