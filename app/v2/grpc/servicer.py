@@ -58,10 +58,6 @@ def _metadata_request_id(context: Context) -> str | None:
     return None
 
 
-def _client_request_id(context: Context, fallback: str | None = None) -> str:
-    return valid_request_id(_metadata_request_id(context) or fallback)
-
-
 def _trailers() -> tuple[tuple[str, str], ...]:
     return ((REQUEST_ID_KEY, current_request_id.get()),)
 
@@ -82,7 +78,7 @@ def rpc(method: Method) -> Method:
 
     @functools.wraps(method)
     async def handle(self: InferenceServicer, request: Any, context: Context) -> Any:
-        return await self.observe(name, method(self, request, context), request, context)
+        return await self.observe(name, method(self, request, context), context)
 
     return handle
 
@@ -94,11 +90,11 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
         self.service = service
         self.version = version
 
-    async def observe(self, name: str, work: Awaitable[Any], request: Any, context: Context) -> Any:
+    async def observe(self, name: str, work: Awaitable[Any], context: Context) -> Any:
         metrics = self.service.metrics
         # The request ID may still change while `work` runs (ModelInfer's message names one): the
         # trailers are written from the current one.
-        token = current_request_id.set(_client_request_id(context, getattr(request, "id", None) or None))
+        token = current_request_id.set(valid_request_id(_metadata_request_id(context)))
         code = grpc.StatusCode.OK
         started = time.perf_counter()
         metrics.in_progress.inc()
@@ -175,7 +171,7 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
     async def ModelInfer(self, requests: AsyncIterator[bytes], context: Context) -> pb.ModelInferResponse:
         """Stream-unary over raw bytes (see the module's docstring); `requests` is unused: the one
         message is read from `context` within the body timeout."""
-        return await self.observe("ModelInfer", self._model_infer(context), None, context)
+        return await self.observe("ModelInfer", self._model_infer(context), context)
 
     async def _model_infer(self, context: Context) -> pb.ModelInferResponse:
         service = self.service
