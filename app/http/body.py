@@ -102,17 +102,7 @@ async def stream_body(
     inflater = _inflater(request)
     total = 0
     try:
-        async for raw in _chunks(request, job.limits.body_timeout_s):
-            for piece in _decoded(inflater, raw):
-                total += len(piece)
-                if total > limit:
-                    raise _too_large(what, f"more than {limit}", limit, hint)
-                job.reserve(len(piece))
-                yield piece
-                if inflater is not None:
-                    # One compressed chunk can inflate to a hundred pieces: let the loop run between.
-                    await asyncio.sleep(0)
-        for piece in _decoded(inflater, b"", drain=True):
+        async for piece in _pieces(request, inflater, job.limits.body_timeout_s):
             total += len(piece)
             if total > limit:
                 raise _too_large(what, f"more than {limit}", limit, hint)
@@ -123,6 +113,20 @@ async def stream_body(
     if inflater is not None and not (inflater.eof and not inflater.unused_data):
         problem = "is truncated (no end of stream)" if not inflater.eof else "has data after its end"
         raise MalformedRequestError(f"the compressed request body {problem}")
+
+
+async def _pieces(
+    request: Request, inflater: zlib._Decompress | None, timeout_s: float
+) -> AsyncIterator[bytes]:
+    """The body as it arrives, inflated if it is compressed, then what the inflater still holds."""
+    async for raw in _chunks(request, timeout_s):
+        for piece in _decoded(inflater, raw):
+            yield piece
+            if inflater is not None:
+                # One compressed chunk can inflate to a hundred pieces: let the loop run between.
+                await asyncio.sleep(0)
+    for piece in _decoded(inflater, b"", drain=True):
+        yield piece
 
 
 def _decoded(inflater: zlib._Decompress | None, raw: bytes, *, drain: bool = False) -> Iterator[bytes]:
