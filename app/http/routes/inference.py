@@ -128,7 +128,8 @@ async def features(
         blobs = await read_images(request, job)
         results = await job.run_encoded(blobs, names, client_gone=disconnect_watch(request))
         if wants_npz:
-            npz = await off_loop(sum(results[0][name].nbytes for name in names), features_npz, results, names)
+            size = sum(results[0][name].nbytes for name in names) * len(results)
+            npz = await off_loop(size, features_npz, results, names)
             return Response(
                 content=npz,
                 media_type=NPZ_MEDIA_TYPE,
